@@ -1,0 +1,330 @@
+//! Node benchmarks (docs/BENCHMARKS.md). Each prints a ratio against a baseline measured in the
+//! same run, never an absolute pass/fail: these machines are shared and noisy.
+//!
+//! 1. Verified ingest: events archived per CPU-second of the node process (`bigbrotr sync --once`
+//!    from a local relay into RocksDB) against the raw libsecp256k1 BIP-340 verification ceiling
+//!    (pubkey parse + verify per CPU-second on the same events, this process, one thread).
+//! 2. Wire efficiency: events received over the wire / unique events archived, from a relay that
+//!    silently clamps `limit` to 500.
+//! 3. Peak RSS of `bigbrotr run` syncing 100 local relays at once.
+//!
+//! Run: `cargo bench --bench ingest` (env BENCH_EVENTS, BENCH_RELAYS, BENCH_PER_RELAY to resize).
+
+#[path = "../tests/support/hostile.rs"]
+#[allow(dead_code)]
+mod hostile;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nostr::prelude::*;
+use nostr_relay_builder::prelude::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Spawn and wait, returning (exit ok, user+sys CPU, peak RSS KiB) of the child alone.
+fn run_measured(mut cmd: Command) -> (bool, Duration, i64) {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bigbrotr");
+    wait_measured(child)
+}
+
+fn wait_measured(child: std::process::Child) -> (bool, Duration, i64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; status and ru are valid out-parameters.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(rc, pid, "wait4");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec * 1000) as u32);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        if let Some(mut e) = child.stderr {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+            eprintln!("bigbrotr failed: {s}");
+        }
+    }
+    (ok, tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss)
+}
+
+fn node_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[log]\nlevel = \"warn\"\n{extra}",
+            dir.join("data").display()
+        ),
+    )
+    .expect("config");
+    cfg
+}
+
+async fn local_relay(events: &[Event], clamp: Option<usize>) -> (LocalRelay, String) {
+    let db = Arc::new(MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    }));
+    for ev in events {
+        db.save_event(ev).await.expect("save");
+    }
+    let mut b = RelayBuilder::default()
+        .addr("127.0.0.1".parse().expect("ip"))
+        .database(db)
+        .rate_limit(RateLimit {
+            max_reqs: 1_000_000,
+            notes_per_minute: u32::MAX,
+        });
+    if let Some(c) = clamp {
+        b = b.max_filter_limit(c);
+    }
+    let relay = LocalRelay::new(b);
+    relay.run().await.expect("relay");
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    (relay, url)
+}
+
+fn sign_all(n: usize, authors: usize, at: impl Fn(usize) -> u64 + Sync) -> Vec<Event> {
+    let keys: Vec<Keys> = (0..authors).map(|_| Keys::generate()).collect();
+    (0..n)
+        .map(|i| {
+            EventBuilder::text_note(format!("benchmark note {i} {}", "x".repeat(i % 200)))
+                .tag(Tag::hashtag("bench"))
+                .custom_created_at(Timestamp::from(at(i)))
+                .sign_with_keys(&keys[i % authors])
+                .expect("sign")
+        })
+        .collect()
+}
+
+fn ceiling(events: &[Event]) -> f64 {
+    use nostr::secp256k1::{schnorr, Message, Secp256k1, XOnlyPublicKey};
+    let secp = Secp256k1::verification_only();
+    let items: Vec<([u8; 32], [u8; 32], [u8; 64])> = events
+        .iter()
+        .map(|e| (e.pubkey.to_bytes(), e.id.to_bytes(), e.sig.serialize()))
+        .collect();
+    let t = thread_cpu();
+    let mut ok = 0usize;
+    for (pk, id, sig) in &items {
+        let pk = XOnlyPublicKey::from_slice(pk).expect("pk");
+        let sig = schnorr::Signature::from_slice(sig).expect("sig");
+        if secp
+            .verify_schnorr(&sig, &Message::from_digest(*id), &pk)
+            .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, items.len());
+    items.len() as f64 / (thread_cpu() - t).as_secs_f64()
+}
+
+async fn bench_ingest() {
+    let n = env_usize("BENCH_EVENTS", 30_000);
+    let t0 = 1_700_000_000u64;
+    let events = sign_all(n, 50, |i| t0 + (i as u64 * 13) % (n as u64 * 2));
+    let ceil = ceiling(&events);
+    let (_relay, url) = local_relay(&events, None).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "sync",
+        "--relay",
+        &url,
+        "--once",
+    ]);
+    let wall = Instant::now();
+    let (ok, cpu, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
+        .await
+        .expect("join");
+    let wall = wall.elapsed();
+    assert!(ok, "sync failed");
+    let rate = n as f64 / cpu.as_secs_f64();
+    println!(
+        "verified ingest: {n} events, node CPU {:.2} s (wall {:.2} s)",
+        cpu.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    println!("  node:    {rate:>10.0} events archived per CPU-second");
+    println!("  ceiling: {ceil:>10.0} BIP-340 verifies per CPU-second (same events, same run)");
+    println!(
+        "  ratio:   {:.2}x of the ceiling (goal >= 0.70)",
+        rate / ceil
+    );
+}
+
+async fn bench_wire() {
+    let n = env_usize("BENCH_EVENTS", 30_000);
+    let k = Keys::generate();
+    let t0 = 1_700_000_000u64;
+    // Bursty history: most seconds hold 0-3 events, some hold dozens.
+    let events: Vec<hostile::RawEvent> = (0..n)
+        .map(|i| {
+            let ts = if i % 10 == 0 {
+                t0 + (i as u64 / 40) * 40
+            } else {
+                t0 + (i as u64 * 7919) % (n as u64)
+            };
+            hostile::sign_event(&k, ts, 1, vec![], &format!("wire {i}"))
+        })
+        .collect();
+    let relay = hostile::HostileRelay::start(
+        events,
+        hostile::Options {
+            clamp: 500,
+            count: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = node_config(
+        dir.path(),
+        "[seeder]\nenabled = false\n[sync]\npage_limit = 1000\n",
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "sync",
+        "--relay",
+        &relay.url(),
+        "--once",
+    ]);
+    let (ok, _, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
+        .await
+        .expect("join");
+    assert!(ok, "sync failed");
+    let sent = relay.events_sent();
+    println!("wire efficiency: relay clamps limit to 500 (node asks 1000), {n} unique events");
+    println!("  received over the wire / unique archived = {sent} / {n} = {:.3} (goal <= 1.05; Python BigBrotr 4.1)", sent as f64 / n as f64);
+}
+
+async fn bench_rss() {
+    let relays = env_usize("BENCH_RELAYS", 100);
+    let per = env_usize("BENCH_PER_RELAY", 1_000);
+    let t0 = 1_700_000_000u64;
+    let shared = sign_all(per / 2, 20, |i| t0 + i as u64);
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    let mut unique = shared.len();
+    for r in 0..relays {
+        let mut evs = shared.clone();
+        evs.extend(sign_all(per - per / 2, 5, |i| {
+            t0 + 10_000 + (r * per + i) as u64
+        }));
+        unique += per - per / 2;
+        let (relay, url) = local_relay(&evs, None).await;
+        servers.push(relay);
+        urls.push(url);
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let seeds = dir.path().join("seeds.txt");
+    std::fs::write(&seeds, urls.join("\n")).expect("seeds");
+    let cfg = node_config(
+        dir.path(),
+        &format!(
+            "[seeder]\nfile = \"{}\"\n[finder]\nenabled = false\n[sync]\nmax_relays = {relays}\nlive_turn_secs = 3600\n",
+            seeds.display()
+        ),
+    );
+    let child = Command::new(BIN)
+        .args(["--config", cfg.to_str().expect("utf8"), "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let start = Instant::now();
+    let cfg2 = cfg.clone();
+    let done = tokio::task::spawn_blocking(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = Command::new(BIN)
+            .args(["--config", cfg2.to_str().expect("utf8"), "status", "--json"])
+            .output();
+        if let Ok(o) = out {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) {
+                let complete = v["relays"]
+                    .as_array()
+                    .map(|a| a.iter().filter(|r| !r["done_until"].is_null()).count())
+                    .unwrap_or(0);
+                if v["events_stored"].as_u64() == Some(unique as u64) && complete == relays {
+                    return true;
+                }
+            }
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return false;
+        }
+    })
+    .await
+    .expect("join");
+    let wall = start.elapsed();
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let (ok, cpu, rss_kib) = tokio::task::spawn_blocking(move || wait_measured(child))
+        .await
+        .expect("join");
+    assert!(done, "the node did not archive every relay within 600 s");
+    println!("100-relay sync: {relays} relays x {per} events ({unique} unique), all complete in {:.1} s wall, {:.1} CPU-s, clean stop: {ok}", wall.as_secs_f64(), cpu.as_secs_f64());
+    println!(
+        "  peak RSS: {:.1} MB (goal <= 50 MB)",
+        rss_kib as f64 / 1024.0
+    );
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |name: &str| which.is_empty() || which.iter().any(|w| name.contains(w.as_str()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        if run("ingest") {
+            bench_ingest().await;
+        }
+        if run("wire") {
+            bench_wire().await;
+        }
+        if run("rss") {
+            bench_rss().await;
+        }
+    });
+}

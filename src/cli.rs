@@ -1,0 +1,506 @@
+//! The command line: a stable interface that scripts and the tests use (docs/CLI.md).
+//! Errors reach the operator as one line naming the problem and the fix; exit code 0 means the
+//! command did what it says, 1 means it did not (with the reason on stderr), 2 is a usage error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::net::dialer::Dialer;
+use crate::protocol::url::parse_relay_url;
+use crate::protocol::Filter;
+use crate::services::supervisor::Supervisor;
+use crate::services::sync::{self, Mode, SyncContext, SyncStats};
+use crate::services::{finder, seeder};
+use crate::shutdown::Shutdown;
+use crate::store::Stores;
+
+#[derive(Parser)]
+#[command(
+    name = "bigbrotr",
+    version,
+    about = "Nostr network observatory: discover relays, measure them, archive their events completely"
+)]
+struct Cli {
+    /// Config file (default: $BIGBROTR_CONFIG, else ./config.toml if present, else the embedded default)
+    #[arg(long, global = true, env = "BIGBROTR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data dir, the stores and the node key; register the seed relays
+    Init,
+    /// Run every enabled service until SIGINT/SIGTERM
+    Run,
+    /// Synchronize one relay
+    Sync {
+        /// Relay URL (ws:// or wss://)
+        #[arg(long)]
+        relay: String,
+        /// Archive its history once and exit: 0 when complete, 1 with the reason otherwise
+        #[arg(long)]
+        once: bool,
+        /// With --once: reconnect this many times after a transient failure
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+    },
+    /// Archived events
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// The relay registry
+    Relays {
+        #[command(subcommand)]
+        command: RelaysCommand,
+    },
+    /// Relays known/online, events stored, spool depth, per-relay sync progress
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print stored events as NIP-01 JSON, one per line, oldest first
+    Export {
+        /// A NIP-01 filter, e.g. '{"kinds":[1],"since":1700000000}'
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RelaysCommand {
+    /// List registered relays
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a relay
+    Add { url: String },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    // wss and rustls need one process-wide crypto provider, installed before anything connects.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config> {
+    let path = path.or_else(|| {
+        let p = PathBuf::from("config.toml");
+        p.exists().then_some(p)
+    });
+    Ok(Config::load(path.as_deref())?)
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cfg = load_config(cli.config)?;
+    init_logging(&cfg);
+    match cli.command {
+        Command::Init => cmd_init(&cfg),
+        Command::Run => cmd_run(cfg),
+        Command::Sync {
+            relay,
+            once,
+            retries,
+        } => cmd_sync(cfg, &relay, once, retries),
+        Command::Events {
+            command: EventsCommand::Export { filter },
+        } => cmd_export(&cfg, filter.as_deref()),
+        Command::Relays {
+            command: RelaysCommand::List { json },
+        } => cmd_relays_list(&cfg, json),
+        Command::Relays {
+            command: RelaysCommand::Add { url },
+        } => {
+            let stores = Stores::open(&cfg)?;
+            let url = parse_relay_url(&url, &cfg.network.url_policy())?;
+            let (_, added) = stores.state.add_relay(&url, "cli")?;
+            println!(
+                "{} {url}",
+                if added { "added" } else { "already registered" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => cmd_status(&cfg, json),
+    }
+}
+
+fn cmd_init(cfg: &Config) -> Result<ExitCode> {
+    let stores = Stores::open(cfg)?;
+    let (keys, created) = crate::keys::load_or_create(&cfg.key_file())?;
+    let seeded = if cfg.seeder.enabled {
+        seeder::seed(cfg, &stores)?
+    } else {
+        Default::default()
+    };
+    println!("data dir: {}", cfg.data_dir().display());
+    println!(
+        "node key: {} ({})",
+        keys.public_key().to_hex(),
+        if created { "created" } else { "existing" }
+    );
+    println!(
+        "seed relays added: {} (skipped {})",
+        seeded.added, seeded.skipped
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncContext> {
+    let keys = match crate::keys::load_or_create(&cfg.key_file()) {
+        Ok((k, _)) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "no node key: NIP-42 AUTH disabled");
+            None
+        }
+    };
+    Ok(SyncContext {
+        stores,
+        dialer: Dialer::new(
+            cfg.network.url_policy(),
+            Duration::from_secs(cfg.network.connect_timeout_secs),
+        ),
+        cfg: cfg.sync.clone(),
+        limits: cfg.network.event_limits(),
+        max_message_bytes: cfg.network.max_message_bytes,
+        keys,
+        shutdown,
+        stats: std::sync::Arc::new(SyncStats::default()),
+        spool_max: cfg.spool.enabled.then_some(cfg.spool.max_entries),
+        min_free_disk_mb: cfg.storage.min_free_disk_mb,
+        data_dir: cfg.data_dir(),
+    })
+}
+
+/// SIGINT/SIGTERM trigger a graceful shutdown.
+fn watch_signals(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("shutdown requested; finishing the batches in flight");
+        shutdown.trigger();
+    });
+}
+
+fn cmd_run(cfg: Config) -> Result<ExitCode> {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let stores = Stores::open(&cfg)?;
+        let shutdown = Shutdown::new();
+        watch_signals(shutdown.clone());
+        if cfg.seeder.enabled {
+            let r = seeder::seed(&cfg, &stores)?;
+            tracing::info!(
+                added = r.added,
+                skipped = r.skipped,
+                "seed relays registered"
+            );
+        }
+        let ctx = context(&cfg, stores.clone(), shutdown.clone())?;
+        let mut sup = Supervisor::new(stores.clone(), shutdown.clone());
+        if cfg.finder.enabled {
+            let (s, p, b, i, sd) = (
+                stores.clone(),
+                cfg.network.url_policy(),
+                cfg.finder.batch,
+                Duration::from_secs(cfg.finder.interval_secs),
+                shutdown.clone(),
+            );
+            sup.spawn("finder", move || {
+                let (s, p, sd) = (s.clone(), p.clone(), sd.clone());
+                async move { Ok(finder::run(s, p, b, i, sd).await?) }
+            });
+        }
+        if cfg.sync.enabled {
+            let c = ctx.clone();
+            sup.spawn("synchronizer", move || {
+                let c = c.clone();
+                async move { Ok(sync::run(c).await?) }
+            });
+        }
+        let (s, st, sd) = (stores.clone(), ctx.stats.clone(), shutdown.clone());
+        let reporter = tokio::spawn(async move {
+            loop {
+                write_sync_stats(&s, &st);
+                if sd.sleep(Duration::from_secs(10)).await {
+                    write_sync_stats(&s, &st);
+                    return;
+                }
+            }
+        });
+        sup.join().await;
+        let _ = reporter.await;
+        stores.events.flush()?;
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn write_sync_stats(stores: &Stores, st: &SyncStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let v = serde_json::json!({
+        "received": st.received.load(Relaxed),
+        "new_events": st.new_events.load(Relaxed),
+        "invalid": st.invalid.load(Relaxed),
+        "verified": st.verified.load(Relaxed),
+        "pages": st.pages.load(Relaxed),
+    });
+    let _ = stores
+        .state
+        .set_state("synchronizer", "stats", &v.to_string());
+}
+
+fn cmd_sync(cfg: Config, relay: &str, once: bool, retries: u32) -> Result<ExitCode> {
+    let url = parse_relay_url(relay, &cfg.network.url_policy()).with_context(|| {
+        format!(
+            "cannot sync {relay:?} (set [network] allow_local = true for loopback/private relays)"
+        )
+    })?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let stores = Stores::open(&cfg)?;
+        let shutdown = Shutdown::new();
+        watch_signals(shutdown.clone());
+        let (id, _) = stores.state.add_relay(&url, "cli")?;
+        let ctx = context(&cfg, stores.clone(), shutdown.clone())?;
+        let mode = if once { Mode::Once } else { Mode::Turn };
+        let mut attempts = 0;
+        loop {
+            let before = stores.state.cursor(id)?;
+            match sync::session::run(&ctx, id, &url, mode).await {
+                Ok(out) if once => {
+                    stores.events.flush()?;
+                    if !out.pass_complete {
+                        bail!("{url}: the pass did not finish");
+                    }
+                    if !out.unproven.is_empty() {
+                        let (s, why) = &out.unproven[0];
+                        eprintln!(
+                            "{url}: {} second(s) could not be proven complete (first: {s}: {why}); received {} events, {} new",
+                            out.unproven.len(),
+                            out.received,
+                            out.new_events
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    println!(
+                        "{url}: history archived completely; received {} events, {} new",
+                        out.received, out.new_events
+                    );
+                    stores.state.record_success(id, 0)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Ok(_) => attempts = 0,
+                Err(sync::SyncError::Shutdown) => {
+                    stores.events.flush()?;
+                    eprintln!("{url}: interrupted");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => {
+                    // A session that moved the cursor made progress: only consecutive fruitless
+                    // attempts count against --retries.
+                    if stores.state.cursor(id)? != before {
+                        attempts = 0;
+                    }
+                    attempts += 1;
+                    let failures = stores.state.failures(id).unwrap_or(0) + 1;
+                    let wait = sync::backoff_secs(failures, cfg.sync.backoff_min_secs, cfg.sync.backoff_max_secs);
+                    stores.state.record_failure(id, &e.to_string(), wait)?;
+                    if once && attempts > retries {
+                        stores.events.flush()?;
+                        bail!("{url}: {e}");
+                    }
+                    let wait = if once { Duration::from_secs(1) } else { Duration::from_secs(wait as u64) };
+                    tracing::warn!(relay = %url, error = %e, retry_in_secs = wait.as_secs(), "sync failed");
+                    if shutdown.sleep(wait).await {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn cmd_export(cfg: &Config, filter: Option<&str>) -> Result<ExitCode> {
+    let filter = match filter {
+        Some(f) => Filter::from_json(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?,
+        None => Filter::default(),
+    };
+    let stores = Stores::open(cfg)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut n = 0u64;
+    let limit = filter.limit.unwrap_or(u64::MAX);
+    let mut io_err = None;
+    stores.events.scan_time(
+        filter.since.unwrap_or(0),
+        filter.until.unwrap_or(u64::MAX),
+        |ev| {
+            if !filter.matches(&ev) {
+                return true;
+            }
+            if let Err(e) = writeln!(out, "{}", ev.to_json()) {
+                io_err = Some(e);
+                return false;
+            }
+            n += 1;
+            n < limit
+        },
+    )?;
+    if let Some(e) = io_err {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e.into());
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_relays_list(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let stores = Stores::open(cfg)?;
+    let relays = stores.state.relays()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&relays)?);
+    } else {
+        println!(
+            "{:<50} {:<9} {:<8} {:>8}  last error",
+            "url", "network", "status", "failures"
+        );
+        for r in relays {
+            println!(
+                "{:<50} {:<9} {:<8} {:>8}  {}",
+                r.url,
+                r.network,
+                r.status,
+                r.failures,
+                r.last_error.unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let stores = Stores::open(cfg)?;
+    let counters = stores.events.counters();
+    let relays = stores.state.relays()?;
+    let online = relays.iter().filter(|r| r.status == "online").count();
+    let progress = stores.state.progress()?;
+    let mut services = serde_json::Map::new();
+    for name in ["finder", "synchronizer"] {
+        if let Some(h) = stores.state.get_state(name, "health")? {
+            services.insert(
+                name.into(),
+                serde_json::from_str(&h).unwrap_or(serde_json::Value::Null),
+            );
+        }
+    }
+    let sync_stats: serde_json::Value = stores
+        .state
+        .get_state("synchronizer", "stats")?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let v = serde_json::json!({
+        "data_dir": cfg.data_dir(),
+        "relays_known": relays.len(),
+        "relays_online": online,
+        "events_stored": counters.events,
+        "sightings": counters.sightings,
+        "spool_depth": counters.spool_depth,
+        "quarantined": counters.quarantined,
+        "services": services,
+        "sync_stats": sync_stats,
+        "relays": progress,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("data dir:       {}", cfg.data_dir().display());
+    println!("relays:         {} known, {} online", relays.len(), online);
+    println!(
+        "events stored:  {} ({} sightings)",
+        counters.events, counters.sightings
+    );
+    println!("spool depth:    {}", counters.spool_depth);
+    if counters.quarantined > 0 {
+        println!("quarantined:    {} corrupt records", counters.quarantined);
+    }
+    for (name, h) in &services {
+        println!("service {name}: {}", h["state"].as_str().unwrap_or("?"));
+    }
+    for p in progress
+        .iter()
+        .filter(|p| p.done_until.is_some() || p.pass_top.is_some())
+    {
+        let state = match (p.done_until, p.pass_frontier) {
+            (_, Some(f)) => format!("backfilling, at {f}"),
+            (Some(d), None) => format!("complete through {d}"),
+            _ => "not started".into(),
+        };
+        println!(
+            "  {:<48} {:<28} received {:>9}  new {:>9}  unproven {}",
+            p.url, state, p.events_received, p.events_new, p.unproven_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,457 @@
+//! Configuration: `config.toml`, validated once at load.
+//!
+//! Every section is a plain struct with `#[serde(default, deny_unknown_fields)]`: a file that sets
+//! only `[node] data_dir` and `[network] allow_local` works, every other key taking the default
+//! written beside it, and a typo is an error that names the key instead of a silently ignored
+//! setting. Secrets never live here (invariant 7): the node key comes from `BIGBROTR_NODE_KEY` or
+//! a key file, see [`crate::keys`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::protocol::url::UrlPolicy;
+use crate::protocol::EventLimits;
+
+/// The embedded default, identical to `config.toml` at the repository root.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config.toml");
+/// The embedded seed list, identical to `seed_relays.txt` at the repository root.
+pub const EMBEDDED_SEEDS: &str = include_str!("../seed_relays.txt");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub log: LogConfig,
+    pub network: NetworkConfig,
+    pub storage: StorageConfig,
+    pub seeder: SeederConfig,
+    pub finder: FinderConfig,
+    pub sync: SyncConfig,
+    pub spool: SpoolConfig,
+    /// Where the file was loaded from (`None`: the embedded default). Not a config key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where all node state lives (default: `./data`, relative to the config file's directory).
+    pub data_dir: PathBuf,
+    /// Human name for this node, used upstream (default: `bigbrotr`).
+    pub name: String,
+    /// Node key file (default: `<data_dir>/node.key`); `BIGBROTR_NODE_KEY` overrides it.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            name: "bigbrotr".into(),
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json` (default: `text`).
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `bigbrotr=debug` (default: `info`); `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Allow loopback, private, link-local and reserved addresses (default: false). Only for tests
+    /// and private deployments: relay URLs come from untrusted events (SSRF).
+    pub allow_local: bool,
+    /// Hosts allowed even when `allow_local` is false, e.g. `["127.0.0.1"]` (default: none).
+    pub allow_hosts: Vec<String>,
+    /// TCP + TLS + websocket handshake timeout in seconds (default: 15).
+    pub connect_timeout_secs: u64,
+    /// Largest websocket message accepted from a relay, bytes (default: 1 MiB).
+    pub max_message_bytes: usize,
+    /// Largest event `content`, bytes (default: 256 KiB).
+    pub max_content_bytes: usize,
+    /// Most tags per event (default: 2,000).
+    pub max_tags: usize,
+    /// Largest total of tag values per event, bytes (default: 256 KiB).
+    pub max_tag_bytes: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        let limits = EventLimits::default();
+        Self {
+            allow_local: false,
+            allow_hosts: Vec::new(),
+            connect_timeout_secs: 15,
+            max_message_bytes: 1024 * 1024,
+            max_content_bytes: limits.max_content_bytes,
+            max_tags: limits.max_tags,
+            max_tag_bytes: limits.max_tag_bytes,
+        }
+    }
+}
+
+impl NetworkConfig {
+    pub fn url_policy(&self) -> UrlPolicy {
+        UrlPolicy {
+            allow_local: self.allow_local,
+            allow_hosts: self.allow_hosts.clone(),
+        }
+    }
+
+    pub fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            max_content_bytes: self.max_content_bytes,
+            max_tags: self.max_tags,
+            max_tag_bytes: self.max_tag_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// RocksDB block cache, MiB (default: 8). Small on purpose: a Pi shares its memory.
+    pub block_cache_mb: usize,
+    /// Total RocksDB memtable budget across column families, MiB (default: 16).
+    pub write_buffer_mb: usize,
+    /// Refuse to start, and pause syncing, below this much free disk, MiB (default: 256).
+    pub min_free_disk_mb: u64,
+    /// fsync the RocksDB WAL for every page written before a cursor moves (default: true).
+    /// Off survives a process crash but not a power cut.
+    pub sync_writes: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            block_cache_mb: 8,
+            write_buffer_mb: 16,
+            min_free_disk_mb: 256,
+            sync_writes: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeederConfig {
+    /// Register the seed relays at start (default: true).
+    pub enabled: bool,
+    /// Seed list, one relay URL per line, `#` comments (default: the embedded `seed_relays.txt`).
+    pub file: Option<PathBuf>,
+}
+
+impl Default for SeederConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinderConfig {
+    /// Discover relays from archived events (default: true).
+    pub enabled: bool,
+    /// Seconds between scans (default: 60).
+    pub interval_secs: u64,
+    /// Events read per atomic step (default: 5,000).
+    pub batch: usize,
+}
+
+impl Default for FinderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 60,
+            batch: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Archive events from relays (default: true).
+    pub enabled: bool,
+    /// Relays synchronized at once; bounds sockets and memory (default: 16).
+    pub max_relays: usize,
+    /// `limit` asked per page; lowered to a relay's NIP-11 `max_limit` (default: 500).
+    pub page_limit: u64,
+    /// Longest wait for a page to finish (EOSE) in seconds (default: 30).
+    pub page_timeout_secs: u64,
+    /// Longest silence on a live subscription before a ping, seconds (default: 60).
+    pub idle_timeout_secs: u64,
+    /// Seconds a relay keeps its slot on a live subscription when others wait (default: 600).
+    pub live_turn_secs: u64,
+    /// Pages one relay may fetch per turn before yielding its slot (default: 2,000).
+    pub max_pages_per_turn: u64,
+    /// Reconnect backoff bounds, seconds (default: 5 and 3,600).
+    pub backoff_min_secs: u64,
+    pub backoff_max_secs: u64,
+    /// Subset queries allowed to resolve one saturated second (default: 256).
+    pub max_narrowing_queries: usize,
+    /// Answer NIP-42 AUTH challenges with the node key (default: true).
+    pub auth: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_relays: 16,
+            page_limit: 500,
+            page_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            live_turn_secs: 600,
+            max_pages_per_turn: 2_000,
+            backoff_min_secs: 5,
+            backoff_max_secs: 3_600,
+            max_narrowing_queries: 256,
+            auth: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Record every stored event and sighting for shipping upstream (default: false; the
+    /// `[upstream]` section of the archive issue turns it on).
+    pub enabled: bool,
+    /// Spool entries at which synchronization pauses until the shipper catches up
+    /// (default: 20,000,000, about 1 GB).
+    pub max_entries: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_entries: 20_000_000,
+        }
+    }
+}
+
+impl Config {
+    /// Load from `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (text, source) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                Some(p.to_path_buf()),
+            ),
+            None => (EMBEDDED_DEFAULT.to_string(), None),
+        };
+        Self::parse(&text, source)
+    }
+
+    pub fn parse(text: &str, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let shown = source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<embedded config.toml>"));
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim().to_string(),
+        })?;
+        cfg.source = source;
+        cfg.validate(&shown)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, problem: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem: problem.to_string(),
+        };
+        if self.node.data_dir.as_os_str().is_empty() {
+            return Err(bad("node.data_dir", "must not be empty"));
+        }
+        if !(1..=1024).contains(&self.sync.max_relays) {
+            return Err(bad("sync.max_relays", "must be between 1 and 1024"));
+        }
+        if !(1..=10_000).contains(&self.sync.page_limit) {
+            return Err(bad("sync.page_limit", "must be between 1 and 10000"));
+        }
+        for (key, v) in [
+            ("sync.page_timeout_secs", self.sync.page_timeout_secs),
+            ("sync.idle_timeout_secs", self.sync.idle_timeout_secs),
+            ("sync.live_turn_secs", self.sync.live_turn_secs),
+            ("sync.max_pages_per_turn", self.sync.max_pages_per_turn),
+            ("sync.backoff_min_secs", self.sync.backoff_min_secs),
+            (
+                "network.connect_timeout_secs",
+                self.network.connect_timeout_secs,
+            ),
+            ("finder.interval_secs", self.finder.interval_secs),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if self.sync.backoff_max_secs < self.sync.backoff_min_secs {
+            return Err(bad(
+                "sync.backoff_max_secs",
+                "must be >= sync.backoff_min_secs",
+            ));
+        }
+        if self.network.max_message_bytes < 4096 {
+            return Err(bad("network.max_message_bytes", "must be at least 4096"));
+        }
+        if self.finder.batch == 0 {
+            return Err(bad("finder.batch", "must be at least 1"));
+        }
+        if self.storage.write_buffer_mb < 2 {
+            return Err(bad("storage.write_buffer_mb", "must be at least 2"));
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(bad("log.level", "must not be empty (e.g. \"info\")"));
+        }
+        for host in &self.network.allow_hosts {
+            if host.trim().is_empty() || host.contains('/') {
+                return Err(bad(
+                    "network.allow_hosts",
+                    "entries are bare hosts such as \"127.0.0.1\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory that relative paths in the file are resolved against.
+    fn base_dir(&self) -> PathBuf {
+        self.source
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir().join(p)
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.resolve(&self.node.data_dir)
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        match &self.node.key_file {
+            Some(p) => self.resolve(p),
+            None => self.data_dir().join("node.key"),
+        }
+    }
+
+    pub fn seed_file(&self) -> Option<PathBuf> {
+        self.seeder.file.as_deref().map(|p| self.resolve(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let cfg = Config::load(None).unwrap();
+        assert!(!cfg.network.allow_local);
+        assert_eq!(cfg.node.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn two_key_file_works() {
+        let cfg = Config::parse(
+            "[node]\ndata_dir = \"/tmp/x\"\n[network]\nallow_local = true\n",
+            Some(PathBuf::from("/etc/b/config.toml")),
+        )
+        .unwrap();
+        assert!(cfg.network.allow_local);
+        assert_eq!(cfg.sync.page_limit, 500);
+        assert_eq!(cfg.data_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.key_file(), PathBuf::from("/tmp/x/node.key"));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let cfg = Config::parse("", Some(PathBuf::from("/etc/b/config.toml"))).unwrap();
+        assert_eq!(cfg.data_dir(), PathBuf::from("/etc/b/./data"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[sync]\npage_limt = 5\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("page_limt"), "{err}");
+        let err = Config::parse("[nodes]\n", None).unwrap_err().to_string();
+        assert!(err.contains("nodes"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::parse("[sync]\nmax_relays = 0\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sync.max_relays"), "{err}");
+        let err = Config::parse("[sync]\npage_limit = \"x\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("page_limit"), "{err}");
+        let err = Config::parse("[log]\nformat = \"xml\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml") || err.contains("format"), "{err}");
+    }
+}

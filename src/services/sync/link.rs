@@ -1,0 +1,343 @@
+//! One websocket session with a relay, speaking just enough protocol for synchronization:
+//! `REQ` until `EOSE`, `COUNT` (NIP-45), negentropy (NIP-77), and NIP-42 `AUTH` with the node key.
+//!
+//! Every wait has a deadline (`sync.page_timeout_secs` for a whole page, so a relay that drips a
+//! byte a second or never sends EOSE costs one timeout, not a stuck slot). Messages for other
+//! subscriptions are dropped; NOTICE floods are counted, not logged one by one. Event frames are
+//! not parsed here: they are handed raw to the ingest step, which parses each exactly once.
+
+use std::time::Duration;
+
+use nostr::{EventBuilder, Keys};
+
+use crate::net::dialer::Dialer;
+use crate::net::ws::{WsConnection, WsError};
+use crate::protocol::message::{parse_relay_message, reason_prefix, RelayMessage};
+use crate::protocol::url::RelayUrl;
+use crate::protocol::{ClientMessage, Filter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Ws(#[from] WsError),
+    #[error("relay is rate-limiting us: {0}")]
+    RateLimited(String),
+    #[error("relay requires authentication: {0}")]
+    AuthRequired(String),
+    #[error("relay closed the subscription: {0}")]
+    Closed(String),
+    #[error("page did not finish (no EOSE) within {0:?}")]
+    PageTimeout(Duration),
+}
+
+/// The raw answer to one REQ.
+#[derive(Debug, Default)]
+pub struct RawPage {
+    /// Full text frames of `["EVENT", sub, ...]` messages, unparsed.
+    pub frames: Vec<String>,
+}
+
+pub struct Link {
+    conn: WsConnection,
+    url: RelayUrl,
+    keys: Option<Keys>,
+    page_timeout: Duration,
+    next_sub: u64,
+    /// NOTICE messages seen on this link (a flood is a fact about the relay, not log spam).
+    pub notices: u64,
+    /// Last AUTH challenge received and whether we answered it successfully.
+    challenge: Option<String>,
+    authed: bool,
+}
+
+impl Link {
+    pub async fn connect(
+        dialer: &Dialer,
+        url: &RelayUrl,
+        max_message_bytes: usize,
+        keys: Option<Keys>,
+        page_timeout: Duration,
+    ) -> Result<Link, LinkError> {
+        let conn = WsConnection::connect(dialer, url, max_message_bytes).await?;
+        Ok(Link {
+            conn,
+            url: url.clone(),
+            keys,
+            page_timeout,
+            next_sub: 0,
+            notices: 0,
+            challenge: None,
+            authed: false,
+        })
+    }
+
+    fn sub_id(&mut self, kind: &str) -> String {
+        self.next_sub += 1;
+        format!("bb-{kind}-{}", self.next_sub)
+    }
+
+    /// Handle a message that is not for the subscription being awaited.
+    async fn side_message(&mut self, msg: RelayMessage<'_>) -> Result<(), LinkError> {
+        match msg {
+            RelayMessage::Notice { .. } => self.notices += 1,
+            RelayMessage::Auth { challenge } => {
+                self.challenge = Some(challenge);
+                self.authed = false;
+                self.authenticate().await?;
+            }
+            RelayMessage::Ok { accepted, .. } if accepted && self.challenge.is_some() => {
+                self.authed = true;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Answer the last challenge with a signed kind 22242 (NIP-42), if we have a key.
+    async fn authenticate(&mut self) -> Result<bool, LinkError> {
+        let (Some(keys), Some(challenge)) = (&self.keys, &self.challenge) else {
+            return Ok(false);
+        };
+        let Ok(relay) = nostr::RelayUrl::parse(self.url.as_str()) else {
+            return Ok(false);
+        };
+        let Ok(ev) = EventBuilder::auth(challenge.clone(), relay).sign_with_keys(keys) else {
+            return Ok(false);
+        };
+        use nostr::JsonUtil;
+        self.conn.send(&ClientMessage::Auth(ev.as_json())).await?;
+        Ok(true)
+    }
+
+    /// Wait for the OK to our AUTH (bounded), so a retried REQ is not refused again.
+    async fn await_auth_ok(&mut self, deadline: tokio::time::Instant) -> Result<(), LinkError> {
+        while !self.authed {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self.conn.recv(left).await?;
+            if let Ok(msg) = parse_relay_message(&text) {
+                if let RelayMessage::Ok {
+                    accepted, message, ..
+                } = msg
+                {
+                    if !accepted {
+                        return Err(LinkError::AuthRequired(message));
+                    }
+                    self.authed = true;
+                } else {
+                    self.side_message(msg).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send `REQ` and collect event frames until `EOSE`.
+    pub async fn request(&mut self, filters: Vec<Filter>) -> Result<RawPage, LinkError> {
+        let mut retried_auth = false;
+        loop {
+            let sub = self.sub_id("req");
+            self.conn
+                .send(&ClientMessage::Req {
+                    sub: sub.clone(),
+                    filters: filters.clone(),
+                })
+                .await?;
+            let deadline = tokio::time::Instant::now() + self.page_timeout;
+            let mut page = RawPage::default();
+            let event_prefix = format!("[\"EVENT\",\"{sub}\",");
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let text = match self.conn.recv(left).await {
+                    Err(WsError::Timeout(_)) => {
+                        return Err(LinkError::PageTimeout(self.page_timeout))
+                    }
+                    other => other?,
+                };
+                // Fast path: our events are the bulk of the traffic; defer parsing to ingest.
+                if text.starts_with(&event_prefix) {
+                    page.frames.push(text);
+                    continue;
+                }
+                let Ok(msg) = parse_relay_message(&text) else {
+                    continue;
+                };
+                match msg {
+                    RelayMessage::Eose { sub: s } if s == sub => {
+                        let _ = self.conn.send(&ClientMessage::Close { sub }).await;
+                        return Ok(page);
+                    }
+                    RelayMessage::Event { sub: s, .. } if s == sub => {
+                        page.frames.push(text.clone())
+                    }
+                    RelayMessage::Closed { sub: s, message } if s == sub => {
+                        match reason_prefix(&message) {
+                            Some("auth-required") if !retried_auth && self.keys.is_some() => {
+                                retried_auth = true;
+                                if !self.authed {
+                                    if self.challenge.is_none() {
+                                        return Err(LinkError::AuthRequired(message));
+                                    }
+                                    self.authenticate().await?;
+                                    self.await_auth_ok(deadline).await?;
+                                }
+                                break; // re-send the REQ
+                            }
+                            Some("auth-required") => return Err(LinkError::AuthRequired(message)),
+                            Some("rate-limited") => return Err(LinkError::RateLimited(message)),
+                            _ => return Err(LinkError::Closed(message)),
+                        }
+                    }
+                    other => self.side_message(other).await?,
+                }
+            }
+        }
+    }
+
+    /// NIP-45 COUNT: `Ok(None)` if the relay does not support it (CLOSED, NOTICE or timeout).
+    pub async fn count(&mut self, filter: Filter) -> Result<Option<(u64, bool)>, LinkError> {
+        let sub = self.sub_id("count");
+        self.conn
+            .send(&ClientMessage::Count {
+                sub: sub.clone(),
+                filters: vec![filter],
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + self.page_timeout.min(Duration::from_secs(10));
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = match self.conn.recv(left).await {
+                Err(WsError::Timeout(_)) => return Ok(None),
+                other => other?,
+            };
+            let Ok(msg) = parse_relay_message(&text) else {
+                continue;
+            };
+            match msg {
+                RelayMessage::Count {
+                    sub: s,
+                    count,
+                    approximate,
+                } if s == sub => return Ok(Some((count, approximate))),
+                RelayMessage::Closed { sub: s, .. } if s == sub => return Ok(None),
+                RelayMessage::Notice { .. } => {
+                    self.notices += 1;
+                    return Ok(None);
+                }
+                other => self.side_message(other).await?,
+            }
+        }
+    }
+
+    /// NIP-77: reconcile `items` (what this relay already gave us for `filter`) with the relay's
+    /// set. Returns the ids the relay has that we lack, or `Ok(None)` if it does not speak NIP-77.
+    pub async fn negentropy(
+        &mut self,
+        filter: Filter,
+        items: &[(u64, [u8; 32])],
+    ) -> Result<Option<Vec<[u8; 32]>>, LinkError> {
+        use negentropy::{Id, Negentropy, NegentropyStorageVector};
+        let mut storage = NegentropyStorageVector::with_capacity(items.len());
+        for (ts, id) in items {
+            if storage.insert(*ts, Id::from_byte_array(*id)).is_err() {
+                return Ok(None);
+            }
+        }
+        if storage.seal().is_err() {
+            return Ok(None);
+        }
+        let Ok(mut neg) = Negentropy::owned(storage, 60_000) else {
+            return Ok(None);
+        };
+        let Ok(init) = neg.initiate() else {
+            return Ok(None);
+        };
+        let sub = self.sub_id("neg");
+        self.conn
+            .send(&ClientMessage::NegOpen {
+                sub: sub.clone(),
+                filter,
+                message: hex::encode(init),
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + self.page_timeout;
+        let mut need: Vec<[u8; 32]> = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = match self.conn.recv(left).await {
+                Err(WsError::Timeout(_)) => return Ok(None),
+                other => other?,
+            };
+            let Ok(msg) = parse_relay_message(&text) else {
+                continue;
+            };
+            match msg {
+                RelayMessage::NegMsg { sub: s, message } if s == sub => {
+                    let Ok(bytes) = hex::decode(&message) else {
+                        return Ok(None);
+                    };
+                    let (mut have_ids, mut need_ids) = (Vec::new(), Vec::new());
+                    let next = match neg.reconcile_with_ids(&bytes, &mut have_ids, &mut need_ids) {
+                        Ok(n) => n,
+                        Err(_) => return Ok(None),
+                    };
+                    need.extend(need_ids.iter().map(|id| id.to_bytes()));
+                    match next {
+                        Some(m) => {
+                            self.conn
+                                .send(&ClientMessage::NegMsg {
+                                    sub: sub.clone(),
+                                    message: hex::encode(m),
+                                })
+                                .await?
+                        }
+                        None => {
+                            let _ = self.conn.send(&ClientMessage::NegClose { sub }).await;
+                            need.sort_unstable();
+                            need.dedup();
+                            return Ok(Some(need));
+                        }
+                    }
+                }
+                RelayMessage::NegErr { sub: s, .. } if s == sub => return Ok(None),
+                RelayMessage::Closed { sub: s, .. } if s == sub => return Ok(None),
+                RelayMessage::Notice { .. } => {
+                    self.notices += 1;
+                    return Ok(None);
+                }
+                other => self.side_message(other).await?,
+            }
+        }
+    }
+
+    /// Receive the next frame (live mode); `Ok(None)` on idle timeout.
+    pub async fn recv_live(&mut self, idle: Duration) -> Result<Option<String>, LinkError> {
+        match self.conn.recv(idle).await {
+            Ok(t) => Ok(Some(t)),
+            Err(WsError::Timeout(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn send(&mut self, msg: &ClientMessage) -> Result<(), LinkError> {
+        Ok(self.conn.send(msg).await?)
+    }
+
+    pub async fn ping(&mut self) -> Result<(), LinkError> {
+        Ok(self.conn.ping().await?)
+    }
+
+    pub fn new_sub(&mut self, kind: &str) -> String {
+        self.sub_id(kind)
+    }
+
+    pub async fn handle_side(&mut self, text: &str) -> Result<(), LinkError> {
+        if let Ok(msg) = parse_relay_message(text) {
+            self.side_message(msg).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}

@@ -1,0 +1,116 @@
+//! The Synchronizer service: keeps every registered relay's archive complete and current.
+//!
+//! A scheduler loop hands due relays (SQLite `next_attempt_at`) to sessions, at most
+//! `sync.max_relays` at once (a semaphore: it bounds sockets and memory). A session runs a bounded
+//! turn ([`session::Mode::Turn`]): backfill pages, then a live subscription; afterwards the relay
+//! is due again at once, or after a backoff (exponential with jitter, capped) if it failed.
+//! Relays on networks without a configured route are skipped with a clear status.
+
+pub mod ingest;
+pub mod link;
+pub mod session;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+pub use session::{Mode, Outcome, SyncContext, SyncError, SyncStats};
+
+use crate::protocol::url::normalize;
+
+/// Backoff after `failures` consecutive failures: min * 2^(failures-1), capped, with +-25% jitter.
+pub fn backoff_secs(failures: i64, min: u64, max: u64) -> i64 {
+    let exp = failures.clamp(1, 30) as u32 - 1;
+    let base = min.saturating_mul(1u64 << exp.min(40)).min(max) as f64;
+    let jitter = rand::thread_rng().gen_range(0.75..1.25);
+    (base * jitter).round().max(1.0) as i64
+}
+
+/// Run the synchronizer until shutdown.
+pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_relays));
+    let running: Arc<Mutex<HashSet<u32>>> = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if ctx.shutdown.is_triggered() {
+            break;
+        }
+        while tasks.try_join_next().is_some() {}
+        if let Some(reason) = ctx.pause_reason() {
+            tracing::warn!(reason = %reason, "synchronization paused");
+            if ctx.shutdown.sleep(Duration::from_secs(10)).await {
+                break;
+            }
+            continue;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let due = ctx.stores.state.due_relays(now, ctx.cfg.max_relays * 4)?;
+        let mut started = 0;
+        for row in due {
+            if running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&row.id)
+            {
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let Ok(url) = normalize(&row.url) else {
+                ctx.stores.state.record_failure(
+                    row.id,
+                    "registered URL no longer normalizes",
+                    86_400,
+                )?;
+                continue;
+            };
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(row.id);
+            started += 1;
+            let ctx2 = ctx.clone();
+            let running2 = running.clone();
+            tasks.spawn(async move {
+                let result = session::run(&ctx2, row.id, &url, Mode::Turn).await;
+                let state = &ctx2.stores.state;
+                let recorded = match &result {
+                    Ok(_) => state.record_success(row.id, 0),
+                    Err(SyncError::Shutdown) => Ok(()),
+                    Err(e) => {
+                        let failures = state.failures(row.id).unwrap_or(0) + 1;
+                        let no_route = matches!(e, SyncError::Link(link::LinkError::Ws(crate::net::ws::WsError::Dial(
+                            crate::net::dialer::DialError::NoRoute { .. } | crate::net::dialer::DialError::Refused { .. }
+                        ))));
+                        let wait = if no_route {
+                            ctx2.cfg.backoff_max_secs as i64
+                        } else {
+                            backoff_secs(failures, ctx2.cfg.backoff_min_secs, ctx2.cfg.backoff_max_secs)
+                        };
+                        tracing::info!(relay = %url, error = %e, retry_in_secs = wait, "sync session failed");
+                        state.record_failure(row.id, &e.to_string(), wait)
+                    }
+                };
+                if let Err(e) = recorded {
+                    tracing::error!(relay = %url, error = %e, "cannot record sync result");
+                }
+                running2.lock().unwrap_or_else(|p| p.into_inner()).remove(&row.id);
+                drop(permit);
+            });
+        }
+        let pause = if started > 0 { 200 } else { 1_000 };
+        if ctx.shutdown.sleep(Duration::from_millis(pause)).await {
+            break;
+        }
+    }
+    // Graceful: sessions notice shutdown between pages; the batch in flight completes.
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

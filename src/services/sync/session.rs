@@ -1,0 +1,539 @@
+//! One relay's synchronization: complete backfill by passes, then a live subscription.
+//!
+//! Invariant 2 is kept here: a relay's cursor moves only past a window proven complete, and only
+//! after the events of that window are durable (`EventStore::write_page` returns after the
+//! batch is in the WAL; the cursor is written to SQLite after that).
+//!
+//! How a window is proven complete (PROTOCOL.md, "the pagination trap"). A pass fills
+//! `(done_until, pass_top]` top-down with `REQ {since, until: frontier, limit: L}`. NIP-01 answers
+//! newest first, so whatever the relay's silent clamp, an answer whose oldest matching event is at
+//! second `m < frontier` proves `(m, frontier]` complete: the frontier moves to `m` (the events at
+//! `m` itself are asked again, which costs a few duplicates, not 4x). An empty answer proves the
+//! rest of the window. An answer smaller than both the asked limit and the largest answer this
+//! relay gave in this session also proves the rest (the relay had room and nothing more).
+//! An answer entirely inside one second `s` may be a saturated second: more events share `s` than
+//! the relay returns at once. It is resolved by NIP-77 negentropy where the relay speaks it, else
+//! by narrowing the second by author and kind and checking the union against an exact NIP-45
+//! COUNT. A second that cannot be proven is recorded in `unproven_second` and never reported
+//! complete; the frontier moves past it so the rest of history is still archived.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nostr::Keys;
+
+use super::ingest::{ingest, Matched, PageResult};
+use super::link::{Link, LinkError};
+use crate::config::SyncConfig;
+use crate::net::dialer::Dialer;
+use crate::protocol::url::RelayUrl;
+use crate::protocol::{ClientMessage, EventLimits, Filter};
+use crate::shutdown::Shutdown;
+use crate::store::state::RelayCaps;
+use crate::store::{Cursor, StateError, StoreError, Stores};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("shutting down")]
+    Shutdown,
+    #[error("ingest task failed: {0}")]
+    Task(String),
+}
+
+/// Counters for `status` and logs, shared by every session of a node.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub received: AtomicU64,
+    pub new_events: AtomicU64,
+    pub invalid: AtomicU64,
+    pub verified: AtomicU64,
+    pub pages: AtomicU64,
+}
+
+/// Everything a session needs; cheap to clone.
+#[derive(Clone)]
+pub struct SyncContext {
+    pub stores: Stores,
+    pub dialer: Dialer,
+    pub cfg: SyncConfig,
+    pub limits: EventLimits,
+    pub max_message_bytes: usize,
+    pub keys: Option<Keys>,
+    pub shutdown: Shutdown,
+    pub stats: Arc<SyncStats>,
+    /// Invariant 4: syncing pauses at this spool depth (`None`: spool disabled).
+    pub spool_max: Option<u64>,
+    /// Invariant 4: syncing pauses below this much free disk (MiB) on the data dir's disk.
+    pub min_free_disk_mb: u64,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl SyncContext {
+    /// Why syncing must pause now (spool full or disk nearly full), if it must.
+    pub fn pause_reason(&self) -> Option<String> {
+        let depth = self.stores.events.counters().spool_depth;
+        if let Some(max) = self.spool_max.filter(|m| depth >= *m) {
+            return Some(format!(
+                "spool holds {depth} entries (spool.max_entries = {max}); waiting for the shipper"
+            ));
+        }
+        match crate::store::free_disk_mb(&self.data_dir) {
+            Some(free) if free < self.min_free_disk_mb => Some(format!(
+                "only {free} MiB free (storage.min_free_disk_mb = {}); free disk space",
+                self.min_free_disk_mb
+            )),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Finish the pass whatever it takes, no live subscription (`sync --once`).
+    Once,
+    /// A bounded turn: at most `max_pages_per_turn` pages, then live for `live_turn_secs`.
+    Turn,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub pass_complete: bool,
+    pub unproven: Vec<(u64, String)>,
+    pub received: u64,
+    pub new_events: u64,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Session<'a> {
+    ctx: &'a SyncContext,
+    relay: u32,
+    link: Link,
+    /// Limit asked per page: `sync.page_limit`, lowered to NIP-11 `max_limit`.
+    limit: u64,
+    /// Largest matching answer this relay gave in this session: a lower bound of its real clamp.
+    /// Not persisted: a relay may lower its clamp between sessions.
+    seen_cap: u64,
+    caps: RelayCaps,
+    outcome: Outcome,
+}
+
+/// Synchronize one relay. Registers nothing: `relay` must be in the registry.
+pub async fn run(
+    ctx: &SyncContext,
+    relay: u32,
+    url: &RelayUrl,
+    mode: Mode,
+) -> Result<Outcome, SyncError> {
+    let mut limit = ctx.cfg.page_limit;
+    let t = Duration::from_secs(5).min(ctx.dialer.timeout());
+    match crate::net::nip11::fetch(&ctx.dialer, url, t).await {
+        Ok(info) => {
+            if let Some(max) = info.limitation.max_limit.filter(|m| *m > 0) {
+                limit = limit.min(max);
+            }
+        }
+        Err(e) => tracing::debug!(relay = %url, error = %e, "no NIP-11 document"),
+    }
+    let keys = if ctx.cfg.auth { ctx.keys.clone() } else { None };
+    let page_timeout = Duration::from_secs(ctx.cfg.page_timeout_secs);
+    let link = Link::connect(&ctx.dialer, url, ctx.max_message_bytes, keys, page_timeout).await?;
+    let caps = ctx.stores.state.caps(relay)?;
+    let mut s = Session {
+        ctx,
+        relay,
+        link,
+        limit,
+        seen_cap: 0,
+        caps,
+        outcome: Outcome::default(),
+    };
+    let result = s.drive(mode).await;
+    let notices = s.link.notices;
+    s.link.close().await;
+    if notices > 0 {
+        tracing::info!(relay = %url, notices, "relay sent NOTICE messages");
+    }
+    result?;
+    s.outcome.unproven = ctx.stores.state.unproven(relay)?;
+    Ok(s.outcome)
+}
+
+impl Session<'_> {
+    async fn drive(&mut self, mode: Mode) -> Result<(), SyncError> {
+        self.retry_unproven().await?;
+        let budget = match mode {
+            Mode::Once => u64::MAX,
+            Mode::Turn => self.ctx.cfg.max_pages_per_turn,
+        };
+        let mut pages = 0;
+        while pages < budget {
+            if self.ctx.shutdown.is_triggered() {
+                return Err(SyncError::Shutdown);
+            }
+            if let Some(reason) = self.ctx.pause_reason() {
+                // Relays keep the events; nothing stored is dropped. Resume when there is room.
+                tracing::warn!(reason = %reason, "synchronization paused");
+                if mode == Mode::Turn {
+                    return Ok(());
+                }
+                if self.ctx.shutdown.sleep(Duration::from_secs(5)).await {
+                    return Err(SyncError::Shutdown);
+                }
+                continue;
+            }
+            if self.step().await? {
+                self.outcome.pass_complete = true;
+                break;
+            }
+            pages += 1;
+        }
+        if mode == Mode::Turn && self.outcome.pass_complete {
+            self.live().await?;
+        }
+        Ok(())
+    }
+
+    /// Run one page of the current pass; true when the pass is complete.
+    async fn step(&mut self) -> Result<bool, SyncError> {
+        let state = &self.ctx.stores.state;
+        let mut cur = state.cursor(self.relay)?;
+        let floor = cur.done_until.map_or(0, |d| d.saturating_add(1));
+        let (top, frontier) = match (cur.pass_top, cur.pass_frontier) {
+            (Some(t), Some(f)) => (t, f),
+            _ => {
+                let t = now();
+                if cur.done_until.is_some_and(|d| d >= t) {
+                    return Ok(true);
+                }
+                cur.pass_top = Some(t);
+                cur.pass_frontier = Some(t);
+                state.set_cursor(self.relay, &cur, 0, 0)?;
+                (t, t)
+            }
+        };
+        let filter = Filter {
+            since: Some(floor),
+            until: Some(frontier),
+            limit: Some(self.limit),
+            ..Filter::default()
+        };
+        let res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        let n = res.matching.len() as u64;
+        let proven_rest = n == 0 || (self.seen_cap > 0 && n < self.limit.min(self.seen_cap));
+        self.seen_cap = self.seen_cap.max(n);
+        let done = if proven_rest {
+            true
+        } else {
+            let m = res.min_created_at().unwrap_or(frontier);
+            if m < frontier {
+                cur.pass_frontier = Some(m);
+                false
+            } else {
+                let at_s: Vec<Matched> = res.matching.clone();
+                self.resolve_second(frontier, at_s).await?;
+                if frontier <= floor {
+                    true
+                } else {
+                    cur.pass_frontier = Some(frontier - 1);
+                    false
+                }
+            }
+        };
+        if done {
+            cur = Cursor {
+                done_until: Some(top),
+                pass_top: None,
+                pass_frontier: None,
+            };
+        }
+        // The page's events are durable (fetch -> ingest -> write_page returned): now the cursor.
+        state.set_cursor(self.relay, &cur, res.received, res.write.new_events)?;
+        Ok(done)
+    }
+
+    /// REQ -> ingest on a blocking thread -> counters.
+    async fn fetch(
+        &mut self,
+        filters: Vec<Filter>,
+        matching: Option<Filter>,
+    ) -> Result<PageResult, SyncError> {
+        let raw = self.link.request(filters).await?;
+        let store = self.ctx.stores.events.clone();
+        let limits = self.ctx.limits;
+        let relay = self.relay;
+        let res = tokio::task::spawn_blocking(move || {
+            ingest(
+                &store,
+                relay,
+                now(),
+                &raw.frames,
+                matching.as_ref(),
+                &limits,
+            )
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??;
+        let st = &self.ctx.stats;
+        st.pages.fetch_add(1, Ordering::Relaxed);
+        st.received.fetch_add(res.received, Ordering::Relaxed);
+        st.new_events
+            .fetch_add(res.write.new_events, Ordering::Relaxed);
+        st.invalid.fetch_add(res.invalid, Ordering::Relaxed);
+        st.verified.fetch_add(res.verified, Ordering::Relaxed);
+        self.outcome.received += res.received;
+        self.outcome.new_events += res.write.new_events;
+        Ok(res)
+    }
+
+    /// Re-try seconds recorded as unproven in earlier sessions (a relay may have gained NIP-77).
+    async fn retry_unproven(&mut self) -> Result<(), SyncError> {
+        for (second, _) in self.ctx.stores.state.unproven(self.relay)? {
+            let filter = Filter {
+                since: Some(second),
+                until: Some(second),
+                limit: Some(self.limit),
+                ..Filter::default()
+            };
+            let res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+            self.resolve_second(second, res.matching).await?;
+        }
+        Ok(())
+    }
+
+    /// Prove second `s` complete (or record why it cannot be), given what the relay sent for it.
+    async fn resolve_second(&mut self, s: u64, known: Vec<Matched>) -> Result<(), SyncError> {
+        let mut got: HashSet<[u8; 32]> = known.iter().map(|m| m.id).collect();
+        let second = Filter {
+            since: Some(s),
+            until: Some(s),
+            ..Filter::default()
+        };
+        let chunk = self.limit.min(self.seen_cap.max(1)).max(1) as usize;
+        let state = self.ctx.stores.state.clone();
+
+        // 1. NIP-77: the exact set difference in a few round trips.
+        if self.caps.supports_negentropy != Some(false) {
+            let items: Vec<(u64, [u8; 32])> = got.iter().map(|id| (s, *id)).collect();
+            match self.link.negentropy(second.clone(), &items).await? {
+                Some(need) => {
+                    self.set_caps(|c| c.supports_negentropy = Some(true))?;
+                    for ids in need.chunks(chunk) {
+                        let f = Filter {
+                            ids: ids.iter().map(hex::encode).collect(),
+                            limit: Some(ids.len() as u64),
+                            ..second.clone()
+                        };
+                        let res = self.fetch(vec![f.clone()], Some(f)).await?;
+                        got.extend(res.matching.iter().map(|m| m.id));
+                    }
+                    if need.iter().all(|id| got.contains(id)) {
+                        state.clear_unproven(self.relay, s)?;
+                        return Ok(());
+                    }
+                    let reason = "negentropy listed events the relay then did not serve";
+                    state.record_unproven(self.relay, s, reason)?;
+                    return Ok(());
+                }
+                None => self.set_caps(|c| c.supports_negentropy = Some(false))?,
+            }
+        }
+
+        // 2. An exact COUNT, to know when narrowing has found everything.
+        let mut count = None;
+        if self.caps.supports_count != Some(false) {
+            match self.link.count(second.clone()).await? {
+                Some((n, approximate)) => {
+                    self.set_caps(|c| c.supports_count = Some(true))?;
+                    if !approximate {
+                        count = Some(n);
+                    }
+                }
+                None => self.set_caps(|c| c.supports_count = Some(false))?,
+            }
+        }
+
+        // 3. Narrow by kind, author, and author+kind, discovering new values from each answer.
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        enum Subset {
+            Kind(u16),
+            Author([u8; 32]),
+            AuthorKind([u8; 32], u16),
+        }
+        let mut queue: VecDeque<Subset> = VecDeque::new();
+        let mut queued: HashSet<Subset> = HashSet::new();
+        fn enqueue(queue: &mut VecDeque<Subset>, queued: &mut HashSet<Subset>, m: &Matched) {
+            for sub in [Subset::Kind(m.kind), Subset::Author(m.pubkey)] {
+                if queued.insert(sub.clone()) {
+                    queue.push_back(sub);
+                }
+            }
+        }
+        for m in &known {
+            enqueue(&mut queue, &mut queued, m);
+        }
+        let mut saturated_leaf = false;
+        let mut queries = 0;
+        while let Some(sub) = queue.pop_front() {
+            if count.is_some_and(|c| got.len() as u64 >= c) {
+                break;
+            }
+            if queries >= self.ctx.cfg.max_narrowing_queries {
+                saturated_leaf = true;
+                break;
+            }
+            queries += 1;
+            let mut f = second.clone();
+            f.limit = Some(self.limit);
+            match &sub {
+                Subset::Kind(k) => f.kinds = vec![*k],
+                Subset::Author(a) => f.authors = vec![hex::encode(a)],
+                Subset::AuthorKind(a, k) => {
+                    f.authors = vec![hex::encode(a)];
+                    f.kinds = vec![*k];
+                }
+            }
+            let res = self.fetch(vec![f.clone()], Some(f)).await?;
+            got.extend(res.matching.iter().map(|m| m.id));
+            let saturated = res.matching.len() as u64 >= self.limit.min(self.seen_cap.max(1));
+            for m in &res.matching {
+                enqueue(&mut queue, &mut queued, m);
+            }
+            if saturated {
+                match sub {
+                    Subset::Author(a) => {
+                        let kinds: HashSet<u16> = res.matching.iter().map(|m| m.kind).collect();
+                        for k in kinds {
+                            let s = Subset::AuthorKind(a, k);
+                            if queued.insert(s.clone()) {
+                                queue.push_back(s);
+                            }
+                        }
+                    }
+                    Subset::AuthorKind(..) => saturated_leaf = true,
+                    Subset::Kind(_) => {}
+                }
+            }
+        }
+        match count {
+            Some(c) if got.len() as u64 >= c => {
+                state.clear_unproven(self.relay, s)?;
+            }
+            Some(c) => {
+                let reason = format!(
+                    "COUNT reports {c} events in this second, narrowing found {}",
+                    got.len()
+                );
+                state.record_unproven(self.relay, s, &reason)?;
+            }
+            None => {
+                let reason = if saturated_leaf {
+                    "saturated even narrowed to one author and kind; relay offers no NIP-77 or exact COUNT"
+                } else {
+                    "relay offers no NIP-77 or exact COUNT to prove the narrowed second complete"
+                };
+                state.record_unproven(self.relay, s, reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_caps(&mut self, f: impl FnOnce(&mut RelayCaps)) -> Result<(), SyncError> {
+        f(&mut self.caps);
+        self.ctx.stores.state.set_caps(self.relay, &self.caps)?;
+        Ok(())
+    }
+
+    /// Live subscription for new events until the turn ends or shutdown. Events are stored in
+    /// small batches; they never move the cursor (the next pass proves the window).
+    async fn live(&mut self) -> Result<(), SyncError> {
+        let sub = self.link.new_sub("live");
+        self.link
+            .send(&ClientMessage::Req {
+                sub: sub.clone(),
+                filters: vec![Filter {
+                    since: Some(now()),
+                    ..Filter::default()
+                }],
+            })
+            .await?;
+        let prefix = format!("[\"EVENT\",\"{sub}\",");
+        let end = tokio::time::Instant::now() + Duration::from_secs(self.ctx.cfg.live_turn_secs);
+        let idle = Duration::from_secs(self.ctx.cfg.idle_timeout_secs);
+        let mut buf: Vec<String> = Vec::new();
+        let mut last_flush = tokio::time::Instant::now();
+        loop {
+            let now_i = tokio::time::Instant::now();
+            if now_i >= end || self.ctx.shutdown.is_triggered() {
+                break;
+            }
+            let wait = idle.min(end - now_i).min(Duration::from_secs(1));
+            let shutdown = self.ctx.shutdown.clone();
+            let next = tokio::select! {
+                r = self.link.recv_live(wait) => r?,
+                _ = shutdown.wait() => None,
+            };
+            match next {
+                Some(text) if text.starts_with(&prefix) => buf.push(text),
+                Some(text) => {
+                    if text.starts_with("[\"CLOSED\"") && text.contains(&sub) {
+                        break;
+                    }
+                    self.link.handle_side(&text).await?;
+                }
+                None => {
+                    if last_flush.elapsed() >= idle {
+                        self.link.ping().await?;
+                    }
+                }
+            }
+            if buf.len() >= 200
+                || (!buf.is_empty() && last_flush.elapsed() >= Duration::from_secs(1))
+            {
+                self.flush_live(std::mem::take(&mut buf)).await?;
+                last_flush = tokio::time::Instant::now();
+            }
+        }
+        self.flush_live(buf).await?;
+        let _ = self.link.send(&ClientMessage::Close { sub }).await;
+        Ok(())
+    }
+
+    async fn flush_live(&mut self, frames: Vec<String>) -> Result<(), SyncError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let store = self.ctx.stores.events.clone();
+        let limits = self.ctx.limits;
+        let relay = self.relay;
+        let res = tokio::task::spawn_blocking(move || {
+            ingest(&store, relay, now(), &frames, None, &limits)
+        })
+        .await
+        .map_err(|e| SyncError::Task(e.to_string()))??;
+        self.ctx
+            .stats
+            .received
+            .fetch_add(res.received, Ordering::Relaxed);
+        self.ctx
+            .stats
+            .new_events
+            .fetch_add(res.write.new_events, Ordering::Relaxed);
+        self.outcome.received += res.received;
+        self.outcome.new_events += res.write.new_events;
+        Ok(())
+    }
+}

@@ -1,0 +1,640 @@
+//! The event store (RocksDB): events by id, where and when each was seen, a (created_at, id)
+//! index, an ingest log for the Finder, and the upstream spool.
+//!
+//! Invariants kept here (ARCHITECTURE.md):
+//! 1. Only verified events are written: [`EventStore::write_page`] takes [`Event`], which only
+//!    `ParsedEvent::verify` (or a copy whose identical (id, sig) is already stored) produces.
+//! 2. (with the synchronizer) A page's events, sightings, index entries, ingest-log and spool
+//!    entries are ONE `WriteBatch`, written with the WAL (fsynced when `storage.sync_writes`)
+//!    before `write_page` returns. The synchronizer moves a relay's cursor in SQLite only after
+//!    that return, so a cursor never passes data that is not durable; a crash between the two
+//!    replays the page, which dedup makes harmless.
+//! 3. An event enters the spool in the same batch that stores it; spool entries are removed only
+//!    by [`EventStore::spool_ack`], which the shipper calls after the archive's COMMIT.
+//! 5. A record that fails to decode is moved to the `quarantine` column family and counted,
+//!    never a crash loop.
+//!
+//! Key layout (all integers big-endian so byte order is numeric order):
+//! - `events`:     id(32)                     -> `Event::encode()`
+//! - `seen`:       id(32) relay(u32)          -> first seen, unix seconds (u64)
+//! - `by_time`:    created_at(u64) id(32)     -> ()
+//! - `ingest`:     seq(u64)                   -> id(32)       (Finder reads it by watermark)
+//! - `spool`:      seq(u64)                   -> tag(1) id(32) relay(u32) seen_at(u64)
+//! - `meta`:       name                       -> u64 counters
+//! - `quarantine`: cf name + key              -> raw value
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
+};
+
+use crate::protocol::Event;
+
+const CF_EVENTS: &str = "events";
+const CF_SEEN: &str = "seen";
+const CF_BY_TIME: &str = "by_time";
+const CF_INGEST: &str = "ingest";
+const CF_SPOOL: &str = "spool";
+const CF_META: &str = "meta";
+const CF_QUARANTINE: &str = "quarantine";
+const ALL_CFS: [&str; 7] = [
+    CF_EVENTS,
+    CF_SEEN,
+    CF_BY_TIME,
+    CF_INGEST,
+    CF_SPOOL,
+    CF_META,
+    CF_QUARANTINE,
+];
+const META_EVENTS: &[u8] = b"events";
+const META_SEEN: &[u8] = b"seen";
+const META_QUARANTINED: &[u8] = b"quarantined";
+
+/// Spool record tags.
+pub const SPOOL_EVENT: u8 = b'E';
+pub const SPOOL_SEEN: u8 = b'S';
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store at {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("event store: {0}")]
+    Rocks(#[from] rocksdb::Error),
+}
+
+/// Tunables, from `[storage]` and `[spool]`.
+#[derive(Debug, Clone)]
+pub struct EventStoreOptions {
+    pub block_cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub sync_writes: bool,
+    pub spool: bool,
+}
+
+impl Default for EventStoreOptions {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 8 << 20,
+            write_buffer_bytes: 16 << 20,
+            sync_writes: true,
+            spool: false,
+        }
+    }
+}
+
+/// What one page write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Events stored for the first time.
+    pub new_events: u64,
+    /// (event, relay) sightings recorded for the first time.
+    pub new_sightings: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct StoreCounters {
+    pub events: u64,
+    pub sightings: u64,
+    pub spool_depth: u64,
+    pub quarantined: u64,
+}
+
+pub struct EventStore {
+    db: DB,
+    /// Serializes writers so the exists-check and the write of a page are atomic with respect to
+    /// other pages (two relays delivering the same new event store it once, counted once).
+    write_lock: Mutex<()>,
+    /// Next sequence numbers for the ingest log and the spool, recovered at open from the last key
+    /// (an O(1) seek, not a scan).
+    next_ingest: AtomicU64,
+    next_spool: AtomicU64,
+    /// Oldest spool key still present (spool depth = next_spool - spool_head, when contiguous).
+    spool_head: AtomicU64,
+    events: AtomicU64,
+    sightings: AtomicU64,
+    quarantined: AtomicU64,
+    sync_writes: bool,
+    spool: bool,
+    /// Kept alive for the DB's lifetime (RocksDB holds raw pointers to them).
+    _cache: Cache,
+    _wbm: WriteBufferManager,
+}
+
+impl EventStore {
+    pub fn open(path: &Path, opts: &EventStoreOptions) -> Result<EventStore, StoreError> {
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        // allow_stall: writers wait for a flush instead of overshooting the memory budget.
+        let wbm = WriteBufferManager::new_write_buffer_manager(opts.write_buffer_bytes, true);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_write_buffer_manager(&wbm);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_max_open_files(256);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_max_log_file_size(4 << 20);
+        db_opts.set_max_total_wal_size(64 << 20);
+        // Spread writeback so an SD card never sees a burst of fsyncs at flush time.
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_wal_bytes_per_sync(1 << 20);
+        let cf = |name: &str| {
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            block.set_cache_index_and_filter_blocks(true);
+            if name == CF_EVENTS || name == CF_SEEN {
+                // Dedup looks every incoming id up: a bloom filter makes the miss cheap.
+                block.set_bloom_filter(10.0, false);
+            }
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&block);
+            o.set_write_buffer_size(opts.write_buffer_bytes / 4);
+            o.set_max_write_buffer_number(2);
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_level_compaction_dynamic_level_bytes(true);
+            ColumnFamilyDescriptor::new(name, o)
+        };
+        let db = DB::open_cf_descriptors(&db_opts, path, ALL_CFS.iter().map(|n| cf(n))).map_err(
+            |source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+        let store = EventStore {
+            next_ingest: AtomicU64::new(0),
+            next_spool: AtomicU64::new(0),
+            spool_head: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            sightings: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+            sync_writes: opts.sync_writes,
+            spool: opts.spool,
+            db,
+            _cache: cache,
+            _wbm: wbm,
+        };
+        store.next_ingest.store(
+            store.last_seq(CF_INGEST)?.map_or(0, |s| s + 1),
+            Ordering::Relaxed,
+        );
+        let spool_next = store.last_seq(CF_SPOOL)?.map_or(0, |s| s + 1);
+        store.next_spool.store(spool_next, Ordering::Relaxed);
+        store.spool_head.store(
+            store.first_seq(CF_SPOOL)?.unwrap_or(spool_next),
+            Ordering::Relaxed,
+        );
+        store
+            .events
+            .store(store.meta(META_EVENTS)?, Ordering::Relaxed);
+        store
+            .sightings
+            .store(store.meta(META_SEEN)?, Ordering::Relaxed);
+        store
+            .quarantined
+            .store(store.meta(META_QUARANTINED)?, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // The handles exist: open() creates every column family in ALL_CFS.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| unreachable!("column family {name} missing"))
+    }
+
+    fn last_seq(&self, cf: &str) -> Result<Option<u64>, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::End);
+        Ok(match it.next().transpose()? {
+            Some((k, _)) => k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            None => None,
+        })
+    }
+
+    fn first_seq(&self, cf: &str) -> Result<Option<u64>, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::Start);
+        Ok(match it.next().transpose()? {
+            Some((k, _)) => k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes),
+            None => None,
+        })
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), key)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// The stored signature for `id`, if the event is stored. The dedup check: a copy whose
+    /// (id, sig) matches is recorded as seen without verifying it again.
+    pub fn stored_sig(&self, id: &[u8; 32]) -> Result<Option<[u8; 64]>, StoreError> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_EVENTS), id)?
+            .and_then(|v| Event::encoded_sig(&v).and_then(|s| s.try_into().ok())))
+    }
+
+    pub fn contains(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_EVENTS), id)?.is_some())
+    }
+
+    /// Store one page atomically: `events` (verified, or already stored) seen on `relay` at
+    /// `seen_at`. Returns only after the batch is durable (see the module invariants).
+    pub fn write_page(
+        &self,
+        relay: u32,
+        seen_at: u64,
+        events: &[Event],
+    ) -> Result<WriteStats, StoreError> {
+        if events.is_empty() {
+            return Ok(WriteStats::default());
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (cf_events, cf_seen, cf_time) =
+            (self.cf(CF_EVENTS), self.cf(CF_SEEN), self.cf(CF_BY_TIME));
+        let mut batch = WriteBatch::default();
+        let mut stats = WriteStats::default();
+        let mut ingest = self.next_ingest.load(Ordering::Relaxed);
+        let mut spool = self.next_spool.load(Ordering::Relaxed);
+        let mut in_batch: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+        let mut seen_in_batch: std::collections::HashSet<[u8; 32]> =
+            std::collections::HashSet::new();
+        for ev in events {
+            let mut seen_key = [0u8; 36];
+            seen_key[..32].copy_from_slice(&ev.id);
+            seen_key[32..].copy_from_slice(&relay.to_be_bytes());
+            let is_new = !in_batch.contains(&ev.id) && !self.contains(&ev.id)?;
+            if is_new {
+                in_batch.insert(ev.id);
+                batch.put_cf(cf_events, ev.id, ev.encode());
+                let mut tkey = [0u8; 40];
+                tkey[..8].copy_from_slice(&ev.created_at.to_be_bytes());
+                tkey[8..].copy_from_slice(&ev.id);
+                batch.put_cf(cf_time, tkey, []);
+                batch.put_cf(self.cf(CF_INGEST), ingest.to_be_bytes(), ev.id);
+                ingest += 1;
+                stats.new_events += 1;
+            }
+            let new_sighting = seen_in_batch.insert(ev.id)
+                && (is_new || self.db.get_pinned_cf(cf_seen, seen_key)?.is_none());
+            if new_sighting {
+                batch.put_cf(cf_seen, seen_key, seen_at.to_be_bytes());
+                stats.new_sightings += 1;
+                if self.spool {
+                    let mut rec = [0u8; 45];
+                    rec[0] = if is_new { SPOOL_EVENT } else { SPOOL_SEEN };
+                    rec[1..33].copy_from_slice(&ev.id);
+                    rec[33..37].copy_from_slice(&relay.to_be_bytes());
+                    rec[37..].copy_from_slice(&seen_at.to_be_bytes());
+                    batch.put_cf(self.cf(CF_SPOOL), spool.to_be_bytes(), rec);
+                    spool += 1;
+                }
+            }
+        }
+        if stats.new_sightings == 0 {
+            return Ok(stats);
+        }
+        let events_total = self.events.load(Ordering::Relaxed) + stats.new_events;
+        let seen_total = self.sightings.load(Ordering::Relaxed) + stats.new_sightings;
+        batch.put_cf(self.cf(CF_META), META_EVENTS, events_total.to_be_bytes());
+        batch.put_cf(self.cf(CF_META), META_SEEN, seen_total.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        self.next_ingest.store(ingest, Ordering::Relaxed);
+        self.next_spool.store(spool, Ordering::Relaxed);
+        self.events.store(events_total, Ordering::Relaxed);
+        self.sightings.store(seen_total, Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Read an event; a corrupt record is quarantined and reported as absent.
+    pub fn get(&self, id: &[u8; 32]) -> Result<Option<Event>, StoreError> {
+        let Some(raw) = self.db.get_pinned_cf(self.cf(CF_EVENTS), id)? else {
+            return Ok(None);
+        };
+        match Event::decode(*id, &raw) {
+            Some(ev) => Ok(Some(ev)),
+            None => {
+                let raw = raw.to_vec();
+                self.quarantine(CF_EVENTS, id, &raw)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn quarantine(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut qkey = cf.as_bytes().to_vec();
+        qkey.push(0);
+        qkey.extend_from_slice(key);
+        let n = self.quarantined.load(Ordering::Relaxed) + 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_QUARANTINE), qkey, value);
+        batch.delete_cf(self.cf(cf), key);
+        batch.put_cf(self.cf(CF_META), META_QUARANTINED, n.to_be_bytes());
+        self.db.write(batch)?;
+        self.quarantined.store(n, Ordering::Relaxed);
+        tracing::warn!(cf, key = %hex::encode(key), "corrupt record quarantined");
+        Ok(())
+    }
+
+    /// Visit events with `since <= created_at <= until` in (created_at, id) order, ascending.
+    /// The visitor returns false to stop.
+    pub fn scan_time(
+        &self,
+        since: u64,
+        until: u64,
+        mut visit: impl FnMut(Event) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut start = [0u8; 40];
+        start[..8].copy_from_slice(&since.to_be_bytes());
+        let it = self.db.iterator_cf(
+            self.cf(CF_BY_TIME),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            let Some((ts, id)) = split_time_key(&k) else {
+                continue;
+            };
+            if ts > until {
+                break;
+            }
+            if let Some(ev) = self.get(&id)? {
+                if !visit(ev) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids of events stored with `created_at == second`, sorted.
+    pub fn ids_at(&self, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_BY_TIME),
+            IteratorMode::From(&second.to_be_bytes(), Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            match split_time_key(&k) {
+                Some((ts, id)) if ts == second => out.push(id),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ingest-log entries after `watermark` (exclusive; `None` = from the start), at most `max`.
+    /// Returns (seq, id) pairs in order.
+    pub fn ingest_after(
+        &self,
+        watermark: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+        let start = watermark.map_or(0, |w| w + 1);
+        let it = self.db.iterator_cf(
+            self.cf(CF_INGEST),
+            IteratorMode::From(&start.to_be_bytes(), Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it.take(max) {
+            let (k, v) = item?;
+            let (Some(seq), Ok(id)) = (
+                k.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                <[u8; 32]>::try_from(v.as_ref()),
+            ) else {
+                continue;
+            };
+            out.push((seq, id));
+        }
+        Ok(out)
+    }
+
+    /// Relays (by registry id) an event was seen on, with the first time it was seen there.
+    pub fn sightings(&self, id: &[u8; 32]) -> Result<Vec<(u32, u64)>, StoreError> {
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_SEEN), IteratorMode::From(id, Direction::Forward));
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            if k.len() != 36 || &k[..32] != id {
+                break;
+            }
+            let relay = u32::from_be_bytes([k[32], k[33], k[34], k[35]]);
+            let at = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            out.push((relay, at));
+        }
+        Ok(out)
+    }
+
+    /// The oldest `max` spool records: (seq, record). The shipper reads these.
+    pub fn spool_peek(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let it = self.db.iterator_cf(self.cf(CF_SPOOL), IteratorMode::Start);
+        let mut out = Vec::new();
+        for item in it.take(max) {
+            let (k, v) = item?;
+            if let Some(seq) = k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            {
+                out.push((seq, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove spool records up to and including `through`: only after the archive committed them.
+    pub fn spool_ack(&self, through: u64) -> Result<(), StoreError> {
+        let head = self.spool_head.load(Ordering::Relaxed);
+        if through < head {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_SPOOL),
+            head.to_be_bytes(),
+            (through + 1).to_be_bytes(),
+        );
+        self.db.write_opt(batch, &wo)?;
+        self.spool_head.store(through + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        StoreCounters {
+            events: self.events.load(Ordering::Relaxed),
+            sightings: self.sightings.load(Ordering::Relaxed),
+            spool_depth: self
+                .next_spool
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.spool_head.load(Ordering::Relaxed)),
+            quarantined: self.quarantined.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flush memtables (clean shutdown; the WAL already makes every write durable).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in ALL_CFS {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+}
+
+fn split_time_key(k: &[u8]) -> Option<(u64, [u8; 32])> {
+    if k.len() != 40 {
+        return None;
+    }
+    let ts = u64::from_be_bytes(k[..8].try_into().ok()?);
+    let id: [u8; 32] = k[8..].try_into().ok()?;
+    Some((ts, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: u8, created_at: u64) -> Event {
+        Event {
+            id: [n; 32],
+            pubkey: [9; 32],
+            created_at,
+            kind: 1,
+            tags: vec![vec!["t".into(), format!("{n}")]],
+            content: format!("event {n}"),
+            sig: [n; 64],
+        }
+    }
+
+    fn open(dir: &Path, spool: bool) -> EventStore {
+        EventStore::open(
+            dir,
+            &EventStoreOptions {
+                spool,
+                ..EventStoreOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dedup_sightings_and_counters_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path(), true);
+            let st = s
+                .write_page(1, 100, &[ev(1, 10), ev(2, 20), ev(1, 10)])
+                .unwrap();
+            assert_eq!(
+                st,
+                WriteStats {
+                    new_events: 2,
+                    new_sightings: 2
+                }
+            );
+            let st = s.write_page(2, 200, &[ev(1, 10)]).unwrap();
+            assert_eq!(
+                st,
+                WriteStats {
+                    new_events: 0,
+                    new_sightings: 1
+                }
+            );
+            let st = s.write_page(2, 300, &[ev(1, 10)]).unwrap();
+            assert_eq!(st, WriteStats::default());
+            assert_eq!(s.sightings(&[1; 32]).unwrap(), vec![(1, 100), (2, 200)]);
+            assert_eq!(s.stored_sig(&[2; 32]).unwrap(), Some([2; 64]));
+            assert_eq!(s.stored_sig(&[3; 32]).unwrap(), None);
+        }
+        let s = open(dir.path(), true);
+        let c = s.counters();
+        assert_eq!((c.events, c.sightings, c.spool_depth), (2, 3, 3));
+        assert_eq!(s.get(&[2; 32]).unwrap(), Some(ev(2, 20)));
+        // The ingest log continues after reopen instead of overwriting.
+        s.write_page(1, 400, &[ev(3, 5)]).unwrap();
+        let log = s.ingest_after(None, 10).unwrap();
+        assert_eq!(
+            log.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(log[2].1, [3; 32]);
+        assert_eq!(s.ingest_after(Some(1), 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn time_scan_is_ordered_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), false);
+        s.write_page(1, 1, &[ev(5, 30), ev(4, 10), ev(6, 20), ev(7, 20)])
+            .unwrap();
+        let mut seen = Vec::new();
+        s.scan_time(15, 25, |e| {
+            seen.push((e.created_at, e.id[0]));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(20, 6), (20, 7)]);
+        assert_eq!(s.ids_at(20).unwrap(), vec![[6; 32], [7; 32]]);
+        assert!(s.ids_at(21).unwrap().is_empty());
+        assert_eq!(s.counters().spool_depth, 0, "spool disabled writes nothing");
+    }
+
+    #[test]
+    fn spool_entries_are_written_with_the_event_and_acked_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), true);
+        s.write_page(1, 50, &[ev(1, 10), ev(2, 11)]).unwrap();
+        s.write_page(2, 60, &[ev(1, 10)]).unwrap();
+        let recs = s.spool_peek(10).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[0].1[0], SPOOL_EVENT);
+        assert_eq!(recs[2].1[0], SPOOL_SEEN);
+        assert_eq!(&recs[2].1[1..33], &[1u8; 32]);
+        s.spool_ack(recs[1].0).unwrap();
+        assert_eq!(s.counters().spool_depth, 1);
+        assert_eq!(s.spool_peek(10).unwrap()[0].0, recs[2].0);
+        drop(s);
+        let s = open(dir.path(), true);
+        assert_eq!(s.counters().spool_depth, 1, "depth recovered at open");
+    }
+
+    #[test]
+    fn corrupt_record_is_quarantined_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), false);
+        s.write_page(1, 1, &[ev(1, 10)]).unwrap();
+        s.db.put_cf(s.cf(CF_EVENTS), [1u8; 32], b"garbage").unwrap();
+        assert_eq!(s.get(&[1; 32]).unwrap(), None);
+        assert_eq!(s.counters().quarantined, 1);
+        let mut n = 0;
+        s.scan_time(0, u64::MAX, |_| {
+            n += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 0);
+    }
+}

@@ -1,0 +1,84 @@
+//! Embedded storage: RocksDB for events (high write rate, dedup by id, time index, spool) and
+//! SQLite for relational state (registry, cursors, service state).
+//!
+//! Both live under `[node] data_dir`: `events/` (RocksDB) and `state.sqlite`. [`Stores::open`]
+//! checks free disk first (invariant 4) so a full disk is a clear start-up error, not a crash
+//! in the middle of a write.
+
+pub mod events;
+pub mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use events::{EventStore, EventStoreOptions, StoreError, WriteStats};
+pub use state::{Cursor, State, StateError};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("only {free_mb} MiB free on the disk holding {path}, below storage.min_free_disk_mb = {min_mb}; free some space or lower the setting")]
+    DiskFull {
+        path: String,
+        free_mb: u64,
+        min_mb: u64,
+    },
+    #[error(transparent)]
+    Events(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The two stores of a node, shared by its services.
+#[derive(Clone)]
+pub struct Stores {
+    pub events: Arc<EventStore>,
+    pub state: Arc<State>,
+}
+
+impl Stores {
+    pub fn open(cfg: &Config) -> Result<Stores, OpenError> {
+        let dir = cfg.data_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        if let Some(free) = free_disk_mb(&dir) {
+            if free < cfg.storage.min_free_disk_mb {
+                return Err(OpenError::DiskFull {
+                    path: dir.display().to_string(),
+                    free_mb: free,
+                    min_mb: cfg.storage.min_free_disk_mb,
+                });
+            }
+        }
+        let opts = EventStoreOptions {
+            block_cache_bytes: cfg.storage.block_cache_mb << 20,
+            write_buffer_bytes: cfg.storage.write_buffer_mb << 20,
+            sync_writes: cfg.storage.sync_writes,
+            spool: cfg.spool.enabled,
+        };
+        let events = EventStore::open(&dir.join("events"), &opts)?;
+        let state = State::open(&dir.join("state.sqlite"))?;
+        Ok(Stores {
+            events: Arc::new(events),
+            state: Arc::new(state),
+        })
+    }
+}
+
+/// Free space on the filesystem holding `path`, MiB (`None` if it cannot be determined).
+pub fn free_disk_mb(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) >> 20)
+}

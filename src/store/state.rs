@@ -1,0 +1,515 @@
+//! Relational node state in SQLite (WAL mode): the relay registry, per-relay sync cursors and
+//! service state. An operator can open `state.sqlite` with the sqlite3 shell.
+//!
+//! Invariants kept here:
+//! 2. (with [`super::events`]) A cursor row is only ever written after the event batch it covers
+//!    is durable in RocksDB; see `EventStore::write_page`. Cursor updates are single statements,
+//!    so a crash leaves either the old or the new cursor, never a torn one.
+//! - The Finder's new relays and its watermark are written in ONE transaction
+//!   ([`State::register_with_watermark`]), so a crash neither loses relays nor re-reads forever.
+//!
+//! Cursor meaning (per relay): `done_until` = every event with `created_at <= done_until` that
+//! the relay held when that pass began is stored. A pass in progress fills the window
+//! `(done_until, pass_top]` from the top down; `pass_frontier` = everything in
+//! `(pass_frontier, pass_top]` is stored. When a pass reaches `done_until`, `done_until` becomes
+//! `pass_top` and the pass ends.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::protocol::url::{Network, RelayUrl};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+const SCHEMA: &[&str] = &[
+    // version 1
+    "CREATE TABLE relay (
+        id INTEGER PRIMARY KEY,
+        url TEXT NOT NULL UNIQUE,
+        network TEXT NOT NULL,
+        source TEXT NOT NULL,
+        discovered_at INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'unknown',
+        failures INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_attempt_at INTEGER,
+        last_success_at INTEGER,
+        next_attempt_at INTEGER NOT NULL DEFAULT 0,
+        max_limit INTEGER,
+        supports_count INTEGER,
+        supports_negentropy INTEGER
+    );
+    CREATE TABLE sync_cursor (
+        relay_id INTEGER PRIMARY KEY REFERENCES relay(id),
+        done_until INTEGER,
+        pass_top INTEGER,
+        pass_frontier INTEGER,
+        events_received INTEGER NOT NULL DEFAULT 0,
+        events_new INTEGER NOT NULL DEFAULT 0,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE unproven_second (
+        relay_id INTEGER NOT NULL REFERENCES relay(id),
+        second INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        recorded_at INTEGER NOT NULL,
+        PRIMARY KEY (relay_id, second)
+    );
+    CREATE TABLE service_state (
+        service TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (service, key)
+    );",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayRow {
+    pub id: u32,
+    pub url: String,
+    pub network: String,
+    pub source: String,
+    pub discovered_at: i64,
+    pub status: String,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub last_success_at: Option<i64>,
+    pub next_attempt_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Cursor {
+    pub done_until: Option<u64>,
+    pub pass_top: Option<u64>,
+    pub pass_frontier: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncProgress {
+    pub url: String,
+    pub status: String,
+    pub done_until: Option<u64>,
+    pub pass_top: Option<u64>,
+    pub pass_frontier: Option<u64>,
+    pub events_received: u64,
+    pub events_new: u64,
+    pub unproven_seconds: u64,
+    pub last_error: Option<String>,
+}
+
+/// Per-relay capabilities learned while syncing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayCaps {
+    pub max_limit: Option<u64>,
+    pub supports_count: Option<bool>,
+    pub supports_negentropy: Option<bool>,
+}
+
+pub struct State {
+    /// One connection: SQLite serializes writers anyway, and every statement here is short.
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl State {
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let err = |source| StateError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        let version = conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(err)?
+            .max(0) as usize;
+        if version > SCHEMA.len() {
+            return Err(err(rusqlite::Error::InvalidParameterName(format!(
+                "schema version {version} is newer than this binary knows ({}); upgrade bigbrotr",
+                SCHEMA.len()
+            ))));
+        }
+        for (i, step) in SCHEMA.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(err)?;
+            tx.execute_batch(step).map_err(err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(State {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a relay; returns (id, newly inserted).
+    pub fn add_relay(&self, url: &RelayUrl, source: &str) -> Result<(u32, bool), StateError> {
+        let conn = self.conn();
+        add_relay_on(&conn, url, source)
+    }
+
+    /// Register relays and set a service watermark in one transaction.
+    pub fn register_with_watermark(
+        &self,
+        urls: &[RelayUrl],
+        source: &str,
+        service: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<usize, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut added = 0;
+        for url in urls {
+            if add_relay_on(&tx, url, source)?.1 {
+                added += 1;
+            }
+        }
+        set_state_on(&tx, service, key, value)?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    pub fn relay_id(&self, url: &str) -> Result<Option<u32>, StateError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id FROM relay WHERE url = ?1", [url], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn relay_url(&self, id: u32) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT url FROM relay WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn relays(&self) -> Result<Vec<RelayRow>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, url, network, source, discovered_at, status, failures, last_error,
+                    last_success_at, next_attempt_at FROM relay ORDER BY url",
+        )?;
+        let rows = st.query_map([], row_to_relay)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Relays whose next attempt is due, soonest first.
+    pub fn due_relays(&self, at: i64, max: usize) -> Result<Vec<RelayRow>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, url, network, source, discovered_at, status, failures, last_error,
+                    last_success_at, next_attempt_at FROM relay
+             WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![at, max as i64], row_to_relay)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn next_due_at(&self) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT MIN(next_attempt_at) FROM relay", [], |r| r.get(0))?)
+    }
+
+    /// A session with the relay worked: reset failures, come back after `next_in` seconds.
+    pub fn record_success(&self, id: u32, next_in: i64) -> Result<(), StateError> {
+        let t = now();
+        self.conn().execute(
+            "UPDATE relay SET status = 'online', failures = 0, last_error = NULL,
+                last_attempt_at = ?2, last_success_at = ?2, next_attempt_at = ?3 WHERE id = ?1",
+            params![id, t, t + next_in],
+        )?;
+        Ok(())
+    }
+
+    /// A session failed: count it and schedule the retry with the given backoff.
+    pub fn record_failure(
+        &self,
+        id: u32,
+        error: &str,
+        backoff_secs: i64,
+    ) -> Result<(), StateError> {
+        let t = now();
+        self.conn().execute(
+            "UPDATE relay SET status = 'offline', failures = failures + 1, last_error = ?2,
+                last_attempt_at = ?3, next_attempt_at = ?4 WHERE id = ?1",
+            params![id, truncate(error, 500), t, t + backoff_secs],
+        )?;
+        Ok(())
+    }
+
+    pub fn failures(&self, id: u32) -> Result<i64, StateError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT failures FROM relay WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })?)
+    }
+
+    pub fn caps(&self, id: u32) -> Result<RelayCaps, StateError> {
+        Ok(self.conn().query_row(
+            "SELECT max_limit, supports_count, supports_negentropy FROM relay WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(RelayCaps {
+                    max_limit: r.get::<_, Option<i64>>(0)?.map(|v| v.max(1) as u64),
+                    supports_count: r.get(1)?,
+                    supports_negentropy: r.get(2)?,
+                })
+            },
+        )?)
+    }
+
+    pub fn set_caps(&self, id: u32, caps: &RelayCaps) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE relay SET max_limit = ?2, supports_count = ?3, supports_negentropy = ?4 WHERE id = ?1",
+            params![id, caps.max_limit.map(|v| v as i64), caps.supports_count, caps.supports_negentropy],
+        )?;
+        Ok(())
+    }
+
+    pub fn cursor(&self, id: u32) -> Result<Cursor, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT done_until, pass_top, pass_frontier FROM sync_cursor WHERE relay_id = ?1",
+                [id],
+                |r| {
+                    Ok(Cursor {
+                        done_until: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                        pass_top: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                        pass_frontier: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Write a cursor. Call only after the events it covers are durable (invariant 2).
+    pub fn set_cursor(
+        &self,
+        id: u32,
+        c: &Cursor,
+        received: u64,
+        new: u64,
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO sync_cursor (relay_id, done_until, pass_top, pass_frontier, events_received, events_new, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(relay_id) DO UPDATE SET done_until = ?2, pass_top = ?3, pass_frontier = ?4,
+                events_received = events_received + ?5, events_new = events_new + ?6, updated_at = ?7",
+            params![
+                id,
+                c.done_until.map(|v| v as i64),
+                c.pass_top.map(|v| v as i64),
+                c.pass_frontier.map(|v| v as i64),
+                received as i64,
+                new as i64,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn record_unproven(&self, id: u32, second: u64, reason: &str) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO unproven_second (relay_id, second, reason, recorded_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(relay_id, second) DO UPDATE SET reason = ?3, recorded_at = ?4",
+            params![id, second as i64, truncate(reason, 300), now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_unproven(&self, id: u32, second: u64) -> Result<(), StateError> {
+        self.conn().execute(
+            "DELETE FROM unproven_second WHERE relay_id = ?1 AND second = ?2",
+            params![id, second as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn unproven(&self, id: u32) -> Result<Vec<(u64, String)>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT second, reason FROM unproven_second WHERE relay_id = ?1 ORDER BY second",
+        )?;
+        let rows = st.query_map([id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn progress(&self) -> Result<Vec<SyncProgress>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT r.url, r.status, c.done_until, c.pass_top, c.pass_frontier,
+                    COALESCE(c.events_received, 0), COALESCE(c.events_new, 0),
+                    (SELECT COUNT(*) FROM unproven_second u WHERE u.relay_id = r.id), r.last_error
+             FROM relay r LEFT JOIN sync_cursor c ON c.relay_id = r.id ORDER BY r.url",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(SyncProgress {
+                url: r.get(0)?,
+                status: r.get(1)?,
+                done_until: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                pass_top: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                pass_frontier: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                events_received: r.get::<_, i64>(5)? as u64,
+                events_new: r.get::<_, i64>(6)? as u64,
+                unproven_seconds: r.get::<_, i64>(7)? as u64,
+                last_error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get_state(&self, service: &str, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM service_state WHERE service = ?1 AND key = ?2",
+                [service, key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_state(&self, service: &str, key: &str, value: &str) -> Result<(), StateError> {
+        set_state_on(&self.conn(), service, key, value)
+    }
+}
+
+fn add_relay_on(
+    conn: &Connection,
+    url: &RelayUrl,
+    source: &str,
+) -> Result<(u32, bool), StateError> {
+    let inserted = conn.execute(
+        "INSERT INTO relay (url, network, source, discovered_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(url) DO NOTHING",
+        params![url.as_str(), url.network().as_str(), source, now()],
+    )? == 1;
+    let id = conn.query_row("SELECT id FROM relay WHERE url = ?1", [url.as_str()], |r| {
+        r.get(0)
+    })?;
+    Ok((id, inserted))
+}
+
+fn set_state_on(
+    conn: &Connection,
+    service: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), StateError> {
+    conn.execute(
+        "INSERT INTO service_state (service, key, value, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(service, key) DO UPDATE SET value = ?3, updated_at = ?4",
+        params![service, key, value, now()],
+    )?;
+    Ok(())
+}
+
+fn row_to_relay(r: &rusqlite::Row<'_>) -> rusqlite::Result<RelayRow> {
+    Ok(RelayRow {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        network: r.get(2)?,
+        source: r.get(3)?,
+        discovered_at: r.get(4)?,
+        status: r.get(5)?,
+        failures: r.get(6)?,
+        last_error: r.get(7)?,
+        last_success_at: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Network of a stored relay row.
+pub fn row_network(row: &RelayRow) -> Option<Network> {
+    Network::parse(&row.network)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::url::normalize;
+
+    #[test]
+    fn registry_cursor_and_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let st = State::open(&path).unwrap();
+        let a = normalize("wss://a.example.com").unwrap();
+        let (id, new) = st.add_relay(&a, "seed").unwrap();
+        assert!(new);
+        assert_eq!(st.add_relay(&a, "cli").unwrap(), (id, false));
+        let b = normalize("wss://b.example.com").unwrap();
+        assert_eq!(
+            st.register_with_watermark(&[a.clone(), b], "finder", "finder", "watermark", "41")
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            st.get_state("finder", "watermark").unwrap().as_deref(),
+            Some("41")
+        );
+        let c = Cursor {
+            done_until: Some(5),
+            pass_top: Some(9),
+            pass_frontier: Some(7),
+        };
+        st.set_cursor(id, &c, 10, 4).unwrap();
+        drop(st);
+        let st = State::open(&path).unwrap();
+        assert_eq!(st.cursor(id).unwrap(), c);
+        assert_eq!(st.relays().unwrap().len(), 2);
+        st.record_failure(id, "boom", 100).unwrap();
+        assert_eq!(st.failures(id).unwrap(), 1);
+        assert!(st
+            .due_relays(i64::MAX / 2, 10)
+            .unwrap()
+            .iter()
+            .any(|r| r.id == id));
+        st.record_unproven(id, 77, "why").unwrap();
+        assert_eq!(st.unproven(id).unwrap(), vec![(77, "why".to_string())]);
+        st.clear_unproven(id, 77).unwrap();
+        assert!(st.unproven(id).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,146 @@
+//! The CLI contract: config validation, init, relay registry, SSRF refusal, status.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use support::*;
+
+#[test]
+fn unknown_config_key_is_named_and_changes_nothing() {
+    let node = Node::new("[sync]\npage_limt = 10\n");
+    let out = node.run(&["status"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("page_limt"), "{err}");
+    assert!(
+        !node.data_dir().exists(),
+        "a bad config must not create state"
+    );
+}
+
+#[test]
+fn bad_value_is_named() {
+    let node = Node::new("[sync]\nmax_relays = 0\n");
+    let out = node.run(&["status"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("sync.max_relays"), "{}", stderr(&out));
+}
+
+#[test]
+fn two_key_config_via_env_works_and_init_creates_a_private_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("c.toml");
+    let data = dir.path().join("state");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n",
+            data.display()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+        .arg("init")
+        .env("BIGBROTR_CONFIG", &cfg)
+        .env_remove("BIGBROTR_NODE_KEY")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = data.join("node.key");
+    assert_eq!(
+        std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+        0o600
+    );
+    // The seed list (public relays) was registered: init only registers, it never connects.
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+        .args(["relays", "list", "--json"])
+        .env("BIGBROTR_CONFIG", &cfg)
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert!(v.as_array().expect("array").len() >= 20);
+    // Running init again keeps the same key.
+    let before = std::fs::read_to_string(&key).expect("read");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+        .arg("init")
+        .env("BIGBROTR_CONFIG", &cfg)
+        .output()
+        .expect("run");
+    assert!(again.status.success());
+    assert_eq!(std::fs::read_to_string(&key).expect("read"), before);
+}
+
+#[test]
+fn loopback_relays_are_refused_by_default() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ndata_dir = \"{}\"\n[seeder]\nenabled = false\n",
+            dir.path().join("d").display()
+        ),
+    )
+    .expect("write");
+    for url in ["ws://127.0.0.1:9", "ws://localhost:9", "ws://[::1]:9"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+            .args([
+                "--config",
+                cfg.to_str().expect("utf8"),
+                "sync",
+                "--relay",
+                url,
+                "--once",
+            ])
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{url} was accepted");
+        assert!(
+            stderr(&out).contains("allow_local"),
+            "{url}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn relays_add_normalizes_and_list_shows_it() {
+    let node = Node::new("");
+    let out = node.run(&["relays", "add", "WSS://Relay.Example.COM:443/"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("added wss://relay.example.com"));
+    let again = node.run(&["relays", "add", "wss://relay.example.com"]);
+    assert!(stdout(&again).contains("already registered"));
+    let bad = node.run(&["relays", "add", "https://relay.example.com"]);
+    assert!(!bad.status.success());
+    let list = node.run(&["relays", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).expect("json");
+    assert_eq!(v.as_array().expect("array").len(), 1);
+    assert_eq!(v[0]["url"], "wss://relay.example.com");
+    assert_eq!(v[0]["network"], "clearnet");
+}
+
+#[test]
+fn export_rejects_a_bad_filter_with_the_field_named() {
+    let node = Node::new("");
+    let out = node.run(&["events", "export", "--filter", r#"{"kind":[1]}"#]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("\"kind\""), "{}", stderr(&out));
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    let node = Node::new("");
+    let v = node.status();
+    for key in [
+        "relays_known",
+        "relays_online",
+        "events_stored",
+        "spool_depth",
+        "relays",
+    ] {
+        assert!(v.get(key).is_some(), "status --json lacks {key}: {v}");
+    }
+    assert_eq!(v["events_stored"], 0);
+}

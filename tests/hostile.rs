@@ -1,0 +1,334 @@
+//! Synchronization against a hostile relay: what no real relay does on demand.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::hostile::{sign_event, HostileRelay, Options, RawEvent};
+use support::*;
+
+const T0: u64 = 1_690_000_000;
+
+fn raw_notes(n: usize, authors: &[nostr::Keys], at: impl Fn(usize) -> u64) -> Vec<RawEvent> {
+    (0..n)
+        .map(|i| {
+            sign_event(
+                &authors[i % authors.len()],
+                at(i),
+                1,
+                vec![],
+                &format!("hostile {i}"),
+            )
+        })
+        .collect()
+}
+
+fn ids(evs: &[RawEvent]) -> std::collections::BTreeSet<String> {
+    evs.iter().map(|e| e.id.clone()).collect()
+}
+
+fn fast_node() -> Node {
+    Node::new("[sync]\npage_timeout_secs = 3\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_signatures_and_wrong_ids_are_never_stored() {
+    let authors = keys(3);
+    let good = raw_notes(60, &authors, |i| T0 + i as u64);
+    let mut served = good.clone();
+    let forged: Vec<RawEvent> = raw_notes(10, &authors, |i| T0 + 100 + i as u64)
+        .iter()
+        .map(RawEvent::with_bad_sig)
+        .collect();
+    let wrong: Vec<RawEvent> = raw_notes(10, &authors, |i| T0 + 200 + i as u64)
+        .iter()
+        .map(RawEvent::with_wrong_id)
+        .collect();
+    served.extend(forged.iter().cloned());
+    served.extend(wrong.iter().cloned());
+    let relay = HostileRelay::start(served, Options::default()).await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.exported_ids(), ids(&good));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_heavy_content_keeps_its_nip01_id() {
+    let k = keys(1);
+    let nasty = [
+        "ctrl \u{1}\u{2}\u{1f} end",
+        "slash / and \\ backslash",
+        "quote \" newline \n tab \t cr \r bs \u{8} ff \u{c}",
+        "non-ascii: é ü 日本 🎉 \u{2028}",
+        "nul \u{0} inside",
+    ];
+    let events: Vec<RawEvent> = nasty
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            sign_event(
+                &k[0],
+                T0 + i as u64,
+                1,
+                vec![vec!["t".into(), c.to_string()]],
+                c,
+            )
+        })
+        .collect();
+    let relay = HostileRelay::start(events.clone(), Options::default()).await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.exported_ids(), ids(&events));
+    let export = stdout(&node.run(&["events", "export"]));
+    for (line, ev) in export.lines().zip(events.iter()) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert_eq!(
+            v["content"],
+            ev.content.as_str(),
+            "content survives export byte for byte"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_eose_fails_within_the_page_timeout_and_moves_no_cursor() {
+    let events = raw_notes(20, &keys(1), |i| T0 + i as u64);
+    let relay = HostileRelay::start(
+        events,
+        Options {
+            never_eose: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let t = Instant::now();
+    let mut cmd = node.cmd();
+    cmd.args(["sync", "--relay", &relay.url(), "--once", "--retries", "0"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("EOSE"), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "bounded by the page timeout"
+    );
+    let st = node.status();
+    assert!(
+        st["relays"][0]["done_until"].is_null(),
+        "no cursor may claim completeness: {st}"
+    );
+    assert_eq!(
+        st["relays"][0]["pass_frontier"],
+        st["relays"][0]["pass_top"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_dripping_bytes_costs_one_timeout() {
+    let events = raw_notes(5, &keys(1), |i| T0 + i as u64);
+    let relay = HostileRelay::start(
+        events,
+        Options {
+            drip: Some(Duration::from_millis(500)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = Node::new("[sync]\npage_timeout_secs = 2\n[network]\n");
+    let t = Instant::now();
+    let mut cmd = node.cmd();
+    cmd.args(["sync", "--relay", &relay.url(), "--once", "--retries", "0"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(node.exported_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_mid_page_keeps_what_arrived_complete_and_retries() {
+    let events = raw_notes(300, &keys(4), |i| T0 + i as u64);
+    // Every connection dies after 120 events: a 500-event page never completes.
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            disconnect_after: Some(120),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = Node::new("[sync]\npage_timeout_secs = 3\npage_limit = 100\n");
+    let out = node.sync_once(&relay.url()).await;
+    // With 100-event pages each connection completes a page before dying, and --once reconnects.
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(node.exported_ids(), ids(&events));
+    assert!(
+        relay.connections() >= 3,
+        "it reconnected ({} connections)",
+        relay.connections()
+    );
+
+    let relay2 = HostileRelay::start(
+        events.clone(),
+        Options {
+            disconnect_after: Some(50),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node2 = Node::new("[sync]\npage_timeout_secs = 3\npage_limit = 100\n");
+    let out = node2.sync_once(&relay2.url()).await;
+    assert!(
+        !out.status.success(),
+        "a page can never complete: must not report success"
+    );
+    assert!(node2.status()["relays"][0]["done_until"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notice_floods_and_events_outside_the_filter_do_not_break_completeness() {
+    let authors = keys(2);
+    let events = raw_notes(200, &authors, |i| T0 + i as u64);
+    // Valid events dated in 2096, sent with every answer although no window asked reaches them.
+    let outside = raw_notes(5, &authors, |i| 4_000_000_000 + i as u64);
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            notice_flood: 50,
+            outside_filter: outside.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut all = ids(&events);
+    all.extend(ids(&outside));
+    assert_eq!(
+        node.exported_ids(),
+        all,
+        "outside-filter events are stored when valid"
+    );
+    // ...but they never moved the cursor: the pass top is below them, and everything in the
+    // relay's real history is present.
+    let done = node.status()["relays"][0]["done_until"]
+        .as_u64()
+        .expect("complete");
+    assert!(done < 4_000_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clamp_and_saturated_second_resolved_by_narrowing_and_count() {
+    let authors = keys(10);
+    // 1,000 events in one second, 100 per author, spread over 4 kinds; the relay caps at 100,
+    // has no NIP-77, but answers COUNT exactly.
+    let mut events: Vec<RawEvent> = (0..1000)
+        .map(|i| {
+            sign_event(
+                &authors[i % 10],
+                T0 + 50,
+                [1u16, 7, 30, 1111][(i / 10) % 4],
+                vec![],
+                &format!("sat {i}"),
+            )
+        })
+        .collect();
+    events.extend(raw_notes(200, &authors, |i| T0 + i as u64 / 4));
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            clamp: 100,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
+    assert_eq!(node.exported_ids(), ids(&events));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprovable_second_is_never_reported_complete() {
+    let k = keys(1);
+    // 300 events by ONE author of ONE kind in one second, cap 100, no COUNT, no NIP-77.
+    let events: Vec<RawEvent> = (0..300)
+        .map(|i| sign_event(&k[0], T0, 1, vec![], &format!("x {i}")))
+        .collect();
+    let relay = HostileRelay::start(
+        events,
+        Options {
+            clamp: 100,
+            count: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(!out.status.success(), "must not claim completeness");
+    assert!(
+        stderr(&out).contains("could not be proven complete"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(node.status()["relays"][0]["unproven_seconds"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_and_rate_limits_are_clear_failures() {
+    let events = raw_notes(5, &keys(1), |i| T0 + i as u64);
+    let big = HostileRelay::start(
+        events.clone(),
+        Options {
+            oversized_frame: Some(2 << 20),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let mut cmd = node.cmd();
+    cmd.args(["sync", "--relay", &big.url(), "--once", "--retries", "0"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).to_lowercase().contains("too long") || stderr(&out).contains("size"),
+        "{}",
+        stderr(&out)
+    );
+
+    let limited = HostileRelay::start(
+        events,
+        Options {
+            closed_reason: Some("rate-limited: slow down".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut cmd = node.cmd();
+    cmd.args([
+        "sync",
+        "--relay",
+        &limited.url(),
+        "--once",
+        "--retries",
+        "0",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("rate-limit"), "{}", stderr(&out));
+}

@@ -1,0 +1,116 @@
+//! `bigbrotr run`: Seeder -> Synchronizer -> Finder -> Synchronizer, under the supervisor, and a
+//! graceful stop on SIGTERM. Every relay involved listens on 127.0.0.1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nostr::prelude::*;
+use support::*;
+
+const T0: u64 = 1_710_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_discovers_relays_from_events_and_stops_gracefully() {
+    let authors = keys(3);
+    let b_events = notes(80, &authors, |i| T0 + 1_000 + i as u64);
+    let b = local_relay(&b_events, RelayOpts::default()).await;
+    // Relay A holds notes plus a NIP-65 list naming B, a hint to a closed loopback port and an
+    // onion relay (no route configured: must be registered but never dialed).
+    let mut a_events = notes(40, &authors, |i| T0 + i as u64);
+    let onion = format!("ws://{}.onion", "a".repeat(56));
+    a_events.push(
+        EventBuilder::new(Kind::RelayList, "")
+            .tags([
+                Tag::parse(["r", &b.url]).expect("tag"),
+                Tag::parse(["r", &onion]).expect("tag"),
+            ])
+            .custom_created_at(Timestamp::from(T0 + 500))
+            .sign_with_keys(&authors[0])
+            .expect("sign"),
+    );
+    a_events.push(
+        EventBuilder::text_note("hint")
+            .tags([Tag::parse(["e", &"0".repeat(64), "ws://127.0.0.1:1"]).expect("tag")])
+            .custom_created_at(Timestamp::from(T0 + 501))
+            .sign_with_keys(&authors[1])
+            .expect("sign"),
+    );
+    let a = local_relay(&a_events, RelayOpts::default()).await;
+
+    let node = Node::new(
+        "[finder]\ninterval_secs = 1\n[sync]\nlive_turn_secs = 2\nbackoff_min_secs = 1\n[seeder]\n",
+    );
+    // Replace the test config's `[seeder] enabled = false` with a seed file naming only A.
+    let seeds = node.dir.path().join("seeds.txt");
+    std::fs::write(&seeds, format!("# test seeds\n{}\n", a.url)).expect("seeds");
+    let cfg = std::fs::read_to_string(&node.config).expect("cfg").replace(
+        "[seeder]\nenabled = false\n",
+        &format!("[seeder]\nenabled = true\nfile = \"{}\"\n", seeds.display()),
+    );
+    std::fs::write(&node.config, cfg).expect("cfg");
+
+    let mut child = node.cmd().arg("run").spawn().expect("spawn");
+    let want: std::collections::BTreeSet<String> = ids_of(&a_events)
+        .union(&ids_of(&b_events))
+        .cloned()
+        .collect();
+    let start = Instant::now();
+    let mut status = serde_json::Value::Null;
+    while start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        status = node.status();
+        if status["events_stored"].as_u64() == Some(want.len() as u64) {
+            break;
+        }
+    }
+    assert_eq!(
+        status["events_stored"].as_u64(),
+        Some(want.len() as u64),
+        "status: {status}"
+    );
+    let urls: Vec<&str> = status["relays"]
+        .as_array()
+        .expect("relays")
+        .iter()
+        .filter_map(|r| r["url"].as_str())
+        .collect();
+    assert!(urls.contains(&b.url.as_str()), "B discovered: {urls:?}");
+    assert!(urls.contains(&onion.as_str()), "onion registered: {urls:?}");
+    assert!(
+        urls.contains(&"ws://127.0.0.1:1"),
+        "hint registered: {urls:?}"
+    );
+
+    // SIGTERM: finish in-flight work and exit 0 promptly.
+    let t = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(exit.success(), "graceful stop exits 0: {exit:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(node.exported_ids(), want);
+    let st = node.status();
+    assert_eq!(st["services"]["synchronizer"]["state"], "stopped");
+    assert_eq!(st["services"]["finder"]["state"], "stopped");
+    let onion_row = st["relays"]
+        .as_array()
+        .expect("relays")
+        .iter()
+        .find(|r| r["url"] == onion.as_str())
+        .cloned()
+        .expect("onion row");
+    assert!(
+        onion_row["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no route"),
+        "{onion_row}"
+    );
+}

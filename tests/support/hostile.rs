@@ -1,0 +1,1872 @@
+//! A deliberately misbehaving, in-process Nostr relay for integration tests.
+//!
+//! Real relays (and `nostr-relay-builder`) behave well, so they cannot produce
+//! on demand the pathologies an archiver has to survive: silently clamped REQ
+//! answers, subscriptions that never reach EOSE, answers dribbled out one byte
+//! at a time, connections cut in the middle of a backfill, NOTICE floods,
+//! events that do not match the filter, oversized frames, `CLOSED` refusals,
+//! and events whose ids or signatures are wrong. [`HostileRelay`] produces
+//! each of these when asked through [`Options`].
+//!
+//! The server is hand-rolled on a plain [`tokio::net::TcpStream`]: the HTTP
+//! upgrade is parsed by hand and WebSocket frames are read and written by
+//! hand, because the misbehaviour has to happen at the frame and byte level
+//! (one byte per write, a TCP close right after an EVENT frame, frames of an
+//! exact size), which a WebSocket library would hide or refuse to do. Plain
+//! HTTP GETs that are not upgrades get a 404, so a NIP-11 fetch finds no
+//! relay information document.
+//!
+//! The module also builds events with NIP-01-exact ids ([`nip01_serialize`],
+//! [`sign_event`]): rust-nostr's serializer writes control characters as
+//! `\u00XX`, which NIP-01 forbids, so it cannot be trusted for escape tests.
+//!
+//! What the relay speaks, apart from the [`Options`] misbehaviour:
+//! - `["REQ",sub,filter…]`: stored events matching any filter (`ids`,
+//!   `authors`, `kinds`, inclusive `since`/`until`, `#x` tag filters; unknown
+//!   fields ignored), newest first with ties by lowest id, each filter cut to
+//!   min(`limit`, clamp), the union cut to clamp; then `EOSE`. No live
+//!   subscription is kept. A REQ without filters matches nothing.
+//! - `["COUNT",sub,filter…]`: `["COUNT",sub,{"count":n}]`, limits ignored.
+//! - `["EVENT",ev]`: `["OK",id,false,"blocked: read-only test relay"]`.
+//! - `["CLOSE",sub]`: ignored. Anything else: `["NOTICE","invalid: …"]`.
+//! - Ping gets a pong, close gets its code echoed; client frames over 1 MiB
+//!   get close 1009, protocol violations close 1002. Unmasked client frames
+//!   are tolerated.
+//!
+//! Only ever bind and connect to 127.0.0.1.
+
+// Each test binary that includes this support module uses only part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nostr::secp256k1::{Keypair, Message, SECP256K1};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Largest HTTP upgrade request accepted (request line plus headers).
+const MAX_HTTP_REQUEST: usize = 16 * 1024;
+/// Largest incoming WebSocket frame payload, and largest reassembled message.
+const MAX_INCOMING: usize = 1024 * 1024;
+/// How long a closing connection keeps draining input so that unread client
+/// bytes do not turn our FIN into an RST (which could discard sent data).
+const LINGER: Duration = Duration::from_secs(2);
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+// ---------------------------------------------------------------------------
+// Part 1: raw events with NIP-01-exact ids
+// ---------------------------------------------------------------------------
+
+/// A Nostr event kept exactly as given: nothing is validated or normalised,
+/// so it may carry a wrong id or signature on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub id: String,
+    pub pubkey: String,
+    pub created_at: u64,
+    pub kind: u16,
+    pub tags: Vec<Vec<String>>,
+    pub content: String,
+    pub sig: String,
+}
+
+impl RawEvent {
+    /// The transport form: a JSON object with keys `id, pubkey, created_at,
+    /// kind, tags, content, sig` in that order (serde_json string escaping).
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"id\":{},\"pubkey\":{},\"created_at\":{},\"kind\":{},\"tags\":{},\"content\":{},\"sig\":{}}}",
+            json_str(&self.id),
+            json_str(&self.pubkey),
+            self.created_at,
+            self.kind,
+            Value::from(self.tags.clone()),
+            json_str(&self.content),
+            json_str(&self.sig),
+        )
+    }
+
+    /// The same event with one signature byte flipped (id untouched).
+    pub fn with_bad_sig(&self) -> RawEvent {
+        let sig = match hex::decode(&self.sig) {
+            Ok(mut bytes) if !bytes.is_empty() => {
+                bytes[0] ^= 0x01;
+                hex::encode(bytes)
+            }
+            _ => bump_last_hex_digit(&self.sig),
+        };
+        RawEvent {
+            sig,
+            ..self.clone()
+        }
+    }
+
+    /// The same event with one hex digit of the id changed (sig untouched).
+    pub fn with_wrong_id(&self) -> RawEvent {
+        RawEvent {
+            id: bump_last_hex_digit(&self.id),
+            ..self.clone()
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// Replace the last character with a different lowercase hex digit.
+fn bump_last_hex_digit(s: &str) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    match chars.last_mut() {
+        Some(c) => {
+            *c = match *c {
+                '0'..='8' | 'a'..='e' => char::from(*c as u8 + 1),
+                '9' => 'a',
+                _ => '0',
+            }
+        }
+        None => chars.push('0'),
+    }
+    chars.into_iter().collect()
+}
+
+/// The NIP-01 id preimage `[0,"pubkey",created_at,kind,tags,"content"]`,
+/// without whitespace. Inside strings only `\n \" \\ \r \t \b \f` are
+/// escaped; every other character (other control characters, `/`,
+/// non-ASCII) is written verbatim.
+pub fn nip01_serialize(
+    pubkey: &str,
+    created_at: u64,
+    kind: u16,
+    tags: &[Vec<String>],
+    content: &str,
+) -> String {
+    let mut out = String::with_capacity(128 + content.len());
+    out.push_str("[0,");
+    push_nip01_str(&mut out, pubkey);
+    out.push(',');
+    out.push_str(&created_at.to_string());
+    out.push(',');
+    out.push_str(&kind.to_string());
+    out.push_str(",[");
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        for (j, item) in tag.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            push_nip01_str(&mut out, item);
+        }
+        out.push(']');
+    }
+    out.push_str("],");
+    push_nip01_str(&mut out, content);
+    out.push(']');
+    out
+}
+
+fn push_nip01_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Build and sign an event: id = sha256([`nip01_serialize`]), sig = BIP-340
+/// Schnorr signature of the 32-byte id with `keys`.
+pub fn sign_event(
+    keys: &nostr::Keys,
+    created_at: u64,
+    kind: u16,
+    tags: Vec<Vec<String>>,
+    content: &str,
+) -> RawEvent {
+    let pubkey = keys.public_key().to_hex();
+    let preimage = nip01_serialize(&pubkey, created_at, kind, &tags, content);
+    let id: [u8; 32] = Sha256::digest(preimage.as_bytes()).into();
+    let keypair = Keypair::from_secret_key(SECP256K1, keys.secret_key());
+    let sig = keypair.sign_schnorr(Message::from_digest(id));
+    RawEvent {
+        id: hex::encode(id),
+        pubkey,
+        created_at,
+        kind,
+        tags,
+        content: content.to_string(),
+        sig: hex::encode(sig.serialize()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Part 2: the server
+// ---------------------------------------------------------------------------
+
+/// What the relay does wrong. [`Options::default`] is a well-behaved relay
+/// that clamps REQ answers at 500 events and supports COUNT.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Silent cap on the events of one REQ answer, whatever the asked limit
+    /// (a REQ without limit gets at most `clamp` too).
+    pub clamp: usize,
+    /// Answer REQs with events but never send EOSE.
+    pub never_eose: bool,
+    /// Write every outgoing byte after the HTTP handshake on its own, with
+    /// this delay after each byte.
+    pub drip: Option<Duration>,
+    /// Close the TCP connection (FIN, no WebSocket close frame) right after
+    /// this many EVENT messages were sent on it; with 0, instead of the
+    /// first EVENT.
+    pub disconnect_after: Option<usize>,
+    /// Send this many NOTICE messages before answering each REQ.
+    pub notice_flood: usize,
+    /// Valid events appended to every REQ answer (after the matching ones,
+    /// not subject to `clamp`) even though they do not match its filters.
+    pub outside_filter: Vec<RawEvent>,
+    /// Before the first answer on each connection, send one text frame whose
+    /// payload is exactly this many bytes: `["NOTICE","xxx…"]` (at least 12).
+    pub oversized_frame: Option<usize>,
+    /// Answer NIP-45 COUNT exactly; if false answer
+    /// `["CLOSED",sub,"unsupported: COUNT"]`.
+    pub count: bool,
+    /// If set, answer every REQ with `["CLOSED",sub,reason]` and nothing else
+    /// (no NOTICE flood, no events, no EOSE).
+    pub closed_reason: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clamp: 500,
+            never_eose: false,
+            drip: None,
+            disconnect_after: None,
+            notice_flood: 0,
+            outside_filter: Vec::new(),
+            oversized_frame: None,
+            count: true,
+            closed_reason: None,
+        }
+    }
+}
+
+struct Shared {
+    opts: Options,
+    events: Mutex<Arc<Vec<RawEvent>>>,
+    events_sent: AtomicU64,
+    reqs: AtomicU64,
+    connections: AtomicU64,
+    panics: AtomicU64,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Arc<Vec<RawEvent>> {
+        self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// The running relay. Dropping it (or [`HostileRelay::shutdown`]) stops the
+/// accept loop and drops every open connection.
+pub struct HostileRelay {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl HostileRelay {
+    /// Bind 127.0.0.1 on a free port and start serving `events`.
+    pub async fn start(events: Vec<RawEvent>, opts: Options) -> HostileRelay {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("hostile relay: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("hostile relay: local_addr");
+        let shared = Arc::new(Shared {
+            opts,
+            events: Mutex::new(Arc::new(events)),
+            events_sent: AtomicU64::new(0),
+            reqs: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, shared.clone(), stop_rx));
+        HostileRelay { addr, shared, stop }
+    }
+
+    /// `ws://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// EVENT messages fully written, over all connections (matching and
+    /// `outside_filter` events alike).
+    pub fn events_sent(&self) -> u64 {
+        self.shared.events_sent.load(Ordering::SeqCst)
+    }
+
+    /// REQ messages received (including malformed ones).
+    pub fn reqs(&self) -> u64 {
+        self.shared.reqs.load(Ordering::SeqCst)
+    }
+
+    /// Completed WebSocket handshakes (plain HTTP requests are not counted).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connection tasks that panicked; should always be 0.
+    pub fn panics(&self) -> u64 {
+        self.shared.panics.load(Ordering::SeqCst)
+    }
+
+    /// Replace the stored events; later REQs and COUNTs see the new set.
+    pub fn set_events(&self, events: Vec<RawEvent>) {
+        *self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(events);
+    }
+
+    /// Stop accepting and drop every open connection (no close frame).
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for HostileRelay {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Resolves once shutdown was requested (or the relay handle is gone).
+async fn wait_stopped(stop: &mut watch::Receiver<bool>) {
+    // The returned guard is dropped here: it must not live across awaits.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut stopped = stop.clone();
+    loop {
+        tokio::select! {
+            _ = wait_stopped(&mut stopped) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn_shared = shared.clone();
+                    let mut conn_stop = stop.clone();
+                    let task = tokio::spawn(async move {
+                        tokio::select! {
+                            _ = serve(stream, conn_shared) => {}
+                            _ = wait_stopped(&mut conn_stop) => {}
+                        }
+                    });
+                    let watch_shared = shared.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = task.await {
+                            if err.is_panic() {
+                                watch_shared.panics.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+        shared,
+        events_on_conn: 0,
+        greeted: false,
+    };
+    if let Ok(true) = conn.handshake().await {
+        conn.shared.connections.fetch_add(1, Ordering::SeqCst);
+        let _ = conn.run().await;
+    }
+    conn.finish().await;
+}
+
+/// What to do after handling one client message.
+enum Flow {
+    Continue,
+    /// Close the TCP connection now, without a close frame.
+    Drop,
+}
+
+enum Incoming {
+    Frame {
+        fin: bool,
+        opcode: u8,
+        payload: Vec<u8>,
+    },
+    Eof,
+    TooBig,
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed.
+    buf: Vec<u8>,
+    shared: Arc<Shared>,
+    events_on_conn: usize,
+    /// Whether the oversized frame (if any) was already sent.
+    greeted: bool,
+}
+
+impl Conn {
+    /// Read the HTTP request; upgrade it (true) or answer it with an error
+    /// status (false).
+    async fn handshake(&mut self) -> std::io::Result<bool> {
+        let end = loop {
+            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                if pos + 4 <= MAX_HTTP_REQUEST {
+                    break pos + 4;
+                }
+            }
+            if self.buf.len() >= MAX_HTTP_REQUEST {
+                self.http_error("431 Request Header Fields Too Large")
+                    .await?;
+                return Ok(false);
+            }
+            if !self.read_more().await? {
+                return Ok(false);
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end);
+
+        let mut lines = head.split("\r\n");
+        let method = lines
+            .next()
+            .and_then(|line| line.split_whitespace().next())
+            .unwrap_or("");
+        let mut upgrade = false;
+        let mut key = None;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "upgrade" => {
+                    upgrade = value
+                        .split(',')
+                        .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
+                }
+                "sec-websocket-key" => key = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        if method != "GET" {
+            self.http_error("400 Bad Request").await?;
+            return Ok(false);
+        }
+        let key = match key {
+            Some(key) if upgrade => key,
+            _ => {
+                self.http_error("404 Not Found").await?;
+                return Ok(false);
+            }
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        self.stream.write_all(response.as_bytes()).await?;
+        Ok(true)
+    }
+
+    async fn http_error(&mut self, status: &str) -> std::io::Result<()> {
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{status}",
+            status.len()
+        );
+        self.stream.write_all(response.as_bytes()).await
+    }
+
+    /// Half-close (FIN) and drain input for a while, so that unread client
+    /// bytes do not make the kernel answer with an RST.
+    async fn finish(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = self.stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<bool> {
+        self.buf.reserve(8192);
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    async fn fill(&mut self, n: usize) -> std::io::Result<bool> {
+        while self.buf.len() < n {
+            if !self.read_more().await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn read_frame(&mut self) -> std::io::Result<Incoming> {
+        if !self.fill(2).await? {
+            return Ok(Incoming::Eof);
+        }
+        let (b0, b1) = (self.buf[0], self.buf[1]);
+        let (len, mut pos) = match b1 & 0x7f {
+            126 => {
+                if !self.fill(4).await? {
+                    return Ok(Incoming::Eof);
+                }
+                (u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4)
+            }
+            127 => {
+                if !self.fill(10).await? {
+                    return Ok(Incoming::Eof);
+                }
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&self.buf[2..10]);
+                (u64::from_be_bytes(be), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        if len > MAX_INCOMING as u64 {
+            return Ok(Incoming::TooBig);
+        }
+        let len = len as usize;
+        let mask = if b1 & 0x80 != 0 {
+            if !self.fill(pos + 4).await? {
+                return Ok(Incoming::Eof);
+            }
+            let mask = [
+                self.buf[pos],
+                self.buf[pos + 1],
+                self.buf[pos + 2],
+                self.buf[pos + 3],
+            ];
+            pos += 4;
+            Some(mask)
+        } else {
+            None
+        };
+        if !self.fill(pos + len).await? {
+            return Ok(Incoming::Eof);
+        }
+        let mut payload = self.buf[pos..pos + len].to_vec();
+        self.buf.drain(..pos + len);
+        if let Some(mask) = mask {
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= mask[i % 4];
+            }
+        }
+        Ok(Incoming::Frame {
+            fin: b0 & 0x80 != 0,
+            opcode: b0 & 0x0f,
+            payload,
+        })
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        // A fragmented message being reassembled: (opcode, data so far).
+        let mut partial: Option<(u8, Vec<u8>)> = None;
+        loop {
+            let (fin, opcode, payload) = match self.read_frame().await? {
+                Incoming::Eof => return Ok(()),
+                Incoming::TooBig => return self.send_close(CLOSE_TOO_BIG).await,
+                Incoming::Frame {
+                    fin,
+                    opcode,
+                    payload,
+                } => (fin, opcode, payload),
+            };
+            let message = match opcode {
+                OP_CONTINUATION => {
+                    let Some((first_opcode, mut data)) = partial.take() else {
+                        return self.send_close(CLOSE_PROTOCOL_ERROR).await;
+                    };
+                    if data.len() + payload.len() > MAX_INCOMING {
+                        return self.send_close(CLOSE_TOO_BIG).await;
+                    }
+                    data.extend_from_slice(&payload);
+                    if !fin {
+                        partial = Some((first_opcode, data));
+                        continue;
+                    }
+                    (first_opcode, data)
+                }
+                OP_TEXT | OP_BINARY => {
+                    if partial.is_some() {
+                        return self.send_close(CLOSE_PROTOCOL_ERROR).await;
+                    }
+                    if !fin {
+                        partial = Some((opcode, payload));
+                        continue;
+                    }
+                    (opcode, payload)
+                }
+                OP_CLOSE => {
+                    let echo = payload.get(..2).unwrap_or_default().to_vec();
+                    return self.send_frame(OP_CLOSE, &echo).await;
+                }
+                OP_PING => {
+                    self.send_frame(OP_PONG, &payload).await?;
+                    continue;
+                }
+                OP_PONG => continue,
+                _ => return self.send_close(CLOSE_PROTOCOL_ERROR).await,
+            };
+            let flow = match message {
+                (OP_TEXT, data) => match String::from_utf8(data) {
+                    Ok(text) => self.on_text(&text).await?,
+                    Err(_) => self.notice("invalid: text frame is not UTF-8").await?,
+                },
+                _ => {
+                    self.notice("invalid: binary frames are not supported")
+                        .await?
+                }
+            };
+            if let Flow::Drop = flow {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> std::io::Result<Flow> {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(err) => return self.notice(&format!("invalid: bad JSON: {err}")).await,
+        };
+        let Some(msg) = value.as_array() else {
+            return self.notice("invalid: message is not a JSON array").await;
+        };
+        match msg.first().and_then(Value::as_str) {
+            Some("REQ") => self.on_req(msg).await,
+            Some("COUNT") => self.on_count(msg).await,
+            Some("EVENT") => {
+                let id = msg
+                    .get(1)
+                    .and_then(|ev| ev.get("id"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let ok = Value::from(vec![
+                    Value::from("OK"),
+                    Value::from(id),
+                    Value::from(false),
+                    Value::from("blocked: read-only test relay"),
+                ]);
+                self.send_text(&ok.to_string()).await?;
+                Ok(Flow::Continue)
+            }
+            Some("CLOSE") => Ok(Flow::Continue),
+            Some(other) => {
+                let other = truncate_chars(other, 64);
+                self.notice(&format!("invalid: unknown message type {other:?}"))
+                    .await
+            }
+            None => {
+                self.notice("invalid: first element must be the message type")
+                    .await
+            }
+        }
+    }
+
+    async fn on_req(&mut self, msg: &[Value]) -> std::io::Result<Flow> {
+        let shared = self.shared.clone();
+        let opts = &shared.opts;
+        shared.reqs.fetch_add(1, Ordering::SeqCst);
+        let (sub, filters) = match parse_sub_and_filters(msg) {
+            Ok(parsed) => parsed,
+            Err(err) => return self.notice(&format!("invalid: {err}")).await,
+        };
+        if let Some(reason) = &opts.closed_reason {
+            let closed = Value::from(vec!["CLOSED", sub.as_str(), reason.as_str()]);
+            self.send_text(&closed.to_string()).await?;
+            return Ok(Flow::Continue);
+        }
+        for i in 0..opts.notice_flood {
+            let notice = format!("hostile notice {} of {}", i + 1, opts.notice_flood);
+            self.notice(&notice).await?;
+        }
+        let store = shared.snapshot();
+        let answer = select_events(&store, &filters, opts.clamp);
+        for event in answer
+            .into_iter()
+            .map(|i| &store[i])
+            .chain(opts.outside_filter.iter())
+        {
+            if let Flow::Drop = self.send_event(&sub, event).await? {
+                return Ok(Flow::Drop);
+            }
+        }
+        if !opts.never_eose {
+            let eose = Value::from(vec!["EOSE", sub.as_str()]);
+            self.send_text(&eose.to_string()).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_count(&mut self, msg: &[Value]) -> std::io::Result<Flow> {
+        let (sub, filters) = match parse_sub_and_filters(msg) {
+            Ok(parsed) => parsed,
+            Err(err) => return self.notice(&format!("invalid: {err}")).await,
+        };
+        let answer = if self.shared.opts.count {
+            let store = self.shared.snapshot();
+            let n = matching_indices(&store, &filters).len();
+            Value::from(vec![
+                Value::from("COUNT"),
+                Value::from(sub),
+                serde_json::json!({ "count": n }),
+            ])
+        } else {
+            Value::from(vec!["CLOSED", sub.as_str(), "unsupported: COUNT"])
+        };
+        self.send_text(&answer.to_string()).await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn send_event(&mut self, sub: &str, event: &RawEvent) -> std::io::Result<Flow> {
+        let limit = self.shared.opts.disconnect_after;
+        if limit.is_some_and(|limit| self.events_on_conn >= limit) {
+            return Ok(Flow::Drop);
+        }
+        let msg = format!("[\"EVENT\",{},{}]", json_str(sub), event.to_json());
+        self.send_text(&msg).await?;
+        self.events_on_conn += 1;
+        self.shared.events_sent.fetch_add(1, Ordering::SeqCst);
+        if limit.is_some_and(|limit| self.events_on_conn >= limit) {
+            return Ok(Flow::Drop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn notice(&mut self, text: &str) -> std::io::Result<Flow> {
+        let notice = Value::from(vec!["NOTICE", text]);
+        self.send_text(&notice.to_string()).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Send one answer message, preceded on the connection's first answer by
+    /// the oversized frame if configured.
+    async fn send_text(&mut self, text: &str) -> std::io::Result<()> {
+        if !self.greeted {
+            self.greeted = true;
+            if let Some(size) = self.shared.opts.oversized_frame {
+                let padding = size.saturating_sub(r#"["NOTICE",""]"#.len());
+                let big = format!("[\"NOTICE\",\"{}\"]", "x".repeat(padding));
+                self.send_frame(OP_TEXT, big.as_bytes()).await?;
+            }
+        }
+        self.send_frame(OP_TEXT, text.as_bytes()).await
+    }
+
+    async fn send_close(&mut self, code: u16) -> std::io::Result<()> {
+        self.send_frame(OP_CLOSE, &code.to_be_bytes()).await
+    }
+
+    /// Write one unmasked, unfragmented frame.
+    async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut frame = Vec::with_capacity(payload.len() + 10);
+        frame.push(0x80 | opcode);
+        match payload.len() {
+            len @ 0..=125 => frame.push(len as u8),
+            len @ 126..=0xffff => {
+                frame.push(126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(payload);
+        match self.shared.opts.drip {
+            None => self.stream.write_all(&frame).await,
+            Some(delay) => {
+                for byte in frame {
+                    self.stream.write_all(&[byte]).await?;
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Filters
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Filter {
+    ids: Option<Vec<String>>,
+    authors: Option<Vec<String>>,
+    kinds: Option<Vec<u64>>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<u64>,
+    /// `#x` filters: (tag letter, accepted values).
+    tags: Vec<(String, Vec<String>)>,
+}
+
+impl Filter {
+    fn parse(value: &Value) -> Result<Filter, String> {
+        let Some(object) = value.as_object() else {
+            return Err("filter is not a JSON object".to_string());
+        };
+        let mut filter = Filter::default();
+        for (key, field) in object {
+            match key.as_str() {
+                "ids" => filter.ids = Some(strings(key, field)?),
+                "authors" => filter.authors = Some(strings(key, field)?),
+                "kinds" => {
+                    let kinds = field
+                        .as_array()
+                        .and_then(|kinds| kinds.iter().map(Value::as_u64).collect());
+                    filter.kinds =
+                        Some(kinds.ok_or("\"kinds\" must be an array of non-negative integers")?);
+                }
+                "since" => filter.since = Some(number(key, field)?),
+                "until" => filter.until = Some(number(key, field)?),
+                "limit" => filter.limit = Some(number(key, field)?),
+                tag if tag.len() == 2
+                    && tag.starts_with('#')
+                    && tag.as_bytes()[1].is_ascii_alphabetic() =>
+                {
+                    filter
+                        .tags
+                        .push((tag[1..].to_string(), strings(key, field)?));
+                }
+                _ => {} // unknown fields are ignored
+            }
+        }
+        Ok(filter)
+    }
+
+    fn matches(&self, event: &RawEvent) -> bool {
+        self.ids.as_ref().is_none_or(|ids| ids.contains(&event.id))
+            && self
+                .authors
+                .as_ref()
+                .is_none_or(|authors| authors.contains(&event.pubkey))
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.contains(&u64::from(event.kind)))
+            && self.since.is_none_or(|since| event.created_at >= since)
+            && self.until.is_none_or(|until| event.created_at <= until)
+            && self.tags.iter().all(|(letter, values)| {
+                event
+                    .tags
+                    .iter()
+                    .any(|tag| tag.len() >= 2 && tag[0] == *letter && values.contains(&tag[1]))
+            })
+    }
+}
+
+fn strings(key: &str, field: &Value) -> Result<Vec<String>, String> {
+    field
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect()
+        })
+        .ok_or_else(|| format!("{key:?} must be an array of strings"))
+}
+
+fn number(key: &str, field: &Value) -> Result<u64, String> {
+    field
+        .as_u64()
+        .ok_or_else(|| format!("{key:?} must be a non-negative integer"))
+}
+
+fn parse_sub_and_filters(msg: &[Value]) -> Result<(String, Vec<Filter>), String> {
+    let sub = msg
+        .get(1)
+        .and_then(Value::as_str)
+        .ok_or("subscription id must be a string")?;
+    let filters = msg[2..]
+        .iter()
+        .map(Filter::parse)
+        .collect::<Result<_, _>>()?;
+    Ok((sub.to_string(), filters))
+}
+
+/// Newest first, ties by lowest id.
+fn sort_newest_first(store: &[RawEvent], indices: &mut [usize]) {
+    indices.sort_by(|&a, &b| {
+        let (a, b) = (&store[a], &store[b]);
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+/// Store indices matched by any filter (no limits applied).
+fn matching_indices(store: &[RawEvent], filters: &[Filter]) -> BTreeSet<usize> {
+    (0..store.len())
+        .filter(|&i| filters.iter().any(|filter| filter.matches(&store[i])))
+        .collect()
+}
+
+/// The REQ answer: each filter's matches truncated to min(limit, clamp), the
+/// union sorted newest first and truncated to clamp.
+fn select_events(store: &[RawEvent], filters: &[Filter], clamp: usize) -> Vec<usize> {
+    let mut union = BTreeSet::new();
+    for filter in filters {
+        let mut matched: Vec<usize> = (0..store.len())
+            .filter(|&i| filter.matches(&store[i]))
+            .collect();
+        sort_newest_first(store, &mut matched);
+        let limit = filter
+            .limit
+            .map_or(clamp, |limit| usize::try_from(limit).unwrap_or(usize::MAX))
+            .min(clamp);
+        union.extend(matched.into_iter().take(limit));
+    }
+    let mut answer: Vec<usize> = union.into_iter().collect();
+    sort_newest_first(store, &mut answer);
+    answer.truncate(clamp);
+    answer
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+// Some imports serve only tests that a bench build (cfg(test), no harness) does not use.
+#[allow(unused_imports)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use nostr::secp256k1::{schnorr, Message as SecpMessage, XOnlyPublicKey};
+    use nostr::Keys;
+    use serde_json::json;
+    use std::time::Instant;
+    use tokio::time::timeout;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+    type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    const T: u64 = 1_700_000_000;
+
+    enum Got {
+        Msg(Value),
+        Timeout,
+        Ended,
+    }
+
+    async fn connect(relay: &HostileRelay) -> Ws {
+        connect_async(relay.url()).await.expect("connect").0
+    }
+
+    async fn send(ws: &mut Ws, msg: Value) {
+        ws.send(Message::Text(msg.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    async fn recv(ws: &mut Ws, ms: u64) -> Got {
+        loop {
+            match timeout(Duration::from_millis(ms), ws.next()).await {
+                Err(_) => return Got::Timeout,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Got::Msg(serde_json::from_str(&text).expect("relay sent JSON"))
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return Got::Ended,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Answer {
+        events: Vec<Value>,
+        notices: usize,
+        eose: bool,
+        ended: bool,
+    }
+
+    impl Answer {
+        fn ids(&self) -> Vec<String> {
+            self.events
+                .iter()
+                .map(|ev| ev["id"].as_str().expect("id").to_string())
+                .collect()
+        }
+        fn sorted_ids(&self) -> Vec<String> {
+            let mut ids = self.ids();
+            ids.sort();
+            ids
+        }
+    }
+
+    /// Send a REQ and collect its answer until EOSE, end of stream or 1 s of
+    /// silence.
+    async fn req(ws: &mut Ws, sub: &str, filters: Vec<Value>) -> Answer {
+        req_within(ws, sub, filters, 1000).await
+    }
+
+    /// [`req`] with another silence timeout (per message), in milliseconds.
+    async fn req_within(ws: &mut Ws, sub: &str, filters: Vec<Value>, silence_ms: u64) -> Answer {
+        let mut msg = vec![json!("REQ"), json!(sub)];
+        msg.extend(filters);
+        send(ws, Value::from(msg)).await;
+        let mut answer = Answer::default();
+        loop {
+            match recv(ws, silence_ms).await {
+                Got::Msg(msg) => match msg[0].as_str() {
+                    Some("EVENT") => {
+                        assert_eq!(msg[1], sub);
+                        answer.events.push(msg[2].clone());
+                    }
+                    Some("EOSE") => {
+                        assert_eq!(msg[1], sub);
+                        answer.eose = true;
+                        return answer;
+                    }
+                    Some("NOTICE") => answer.notices += 1,
+                    _ => panic!("unexpected answer {msg}"),
+                },
+                Got::Timeout => return answer,
+                Got::Ended => {
+                    answer.ended = true;
+                    return answer;
+                }
+            }
+        }
+    }
+
+    fn ids_of(events: &[&RawEvent]) -> Vec<String> {
+        events.iter().map(|ev| ev.id.clone()).collect()
+    }
+
+    fn sorted(mut ids: Vec<String>) -> Vec<String> {
+        ids.sort();
+        ids
+    }
+
+    fn verifies(ev: &RawEvent) -> bool {
+        let Ok(id) = hex::decode(&ev.id) else {
+            return false;
+        };
+        let Ok(id) = <[u8; 32]>::try_from(id) else {
+            return false;
+        };
+        let preimage = nip01_serialize(&ev.pubkey, ev.created_at, ev.kind, &ev.tags, &ev.content);
+        if <[u8; 32]>::from(Sha256::digest(preimage.as_bytes())) != id {
+            return false;
+        }
+        let pubkey = XOnlyPublicKey::from_slice(&hex::decode(&ev.pubkey).expect("pubkey hex"))
+            .expect("pubkey");
+        let Ok(sig) = schnorr::Signature::from_slice(&hex::decode(&ev.sig).unwrap_or_default())
+        else {
+            return false;
+        };
+        SECP256K1
+            .verify_schnorr(&sig, &SecpMessage::from_digest(id), &pubkey)
+            .is_ok()
+    }
+
+    /// Raw TCP client: the RFC 6455 sample handshake.
+    async fn raw_upgrade(relay: &HostileRelay) -> TcpStream {
+        let mut tcp = TcpStream::connect(relay.addr).await.expect("tcp connect");
+        tcp.write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write upgrade");
+        let mut head = Vec::new();
+        while find(&head, b"\r\n\r\n").is_none() {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.expect("read 101");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).expect("utf8 head");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        tcp
+    }
+
+    /// A masked client frame.
+    fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![first_byte];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    async fn read_n(tcp: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; n];
+        timeout(Duration::from_secs(1), tcp.read_exact(&mut bytes))
+            .await
+            .expect("timely bytes")
+            .expect("bytes");
+        bytes
+    }
+
+    #[test]
+    fn nip01_serialize_escapes_only_what_nip01_lists() {
+        let content = "a\u{1}b/c é\n\"q\"\\ \t\r\u{8}\u{c}\u{1f}";
+        let tags = vec![vec!["t".to_string(), "x/y".to_string()], vec![]];
+        let got = nip01_serialize("ab12", T, 1, &tags, content);
+        let expected = String::from("[0,\"ab12\",1700000000,1,[[\"t\",\"x/y\"],[]],\"a\u{1}")
+            + r#"b/c é\n\"q\"\\ \t\r\b\f"#
+            + "\u{1f}\"]";
+        assert_eq!(got, expected);
+        assert!(got.as_bytes().contains(&0x01));
+        assert!(got.as_bytes().windows(2).any(|w| w == [0xc3, 0xa9]));
+        assert!(!got.contains("\\u00"));
+        assert!(!got.contains("\\/"));
+        assert_eq!(nip01_serialize("p", 0, 0, &[], ""), r#"[0,"p",0,0,[],""]"#);
+    }
+
+    #[test]
+    fn sign_event_id_and_signature() {
+        let keys = Keys::generate();
+        let content = "a\u{1}b/c é\n\"q\"";
+        let tags = vec![vec!["p".to_string(), "f".repeat(64)]];
+        let ev = sign_event(&keys, T, 1, tags.clone(), content);
+        assert_eq!(ev.pubkey, keys.public_key().to_hex());
+        let preimage = nip01_serialize(&ev.pubkey, T, 1, &tags, content);
+        assert_eq!(ev.id, hex::encode(Sha256::digest(preimage.as_bytes())));
+        assert_eq!(ev.sig.len(), 128);
+        assert!(verifies(&ev));
+
+        let bad_sig = ev.with_bad_sig();
+        assert_eq!(bad_sig.id, ev.id);
+        assert_ne!(bad_sig.sig, ev.sig);
+        assert!(!verifies(&bad_sig));
+
+        let wrong_id = ev.with_wrong_id();
+        assert_ne!(wrong_id.id, ev.id);
+        assert_eq!(wrong_id.id.len(), 64);
+        assert_eq!(wrong_id.sig, ev.sig);
+        assert!(!verifies(&wrong_id));
+
+        // The transport form round-trips, control character included.
+        let parsed: Value = serde_json::from_str(&ev.to_json()).expect("json");
+        assert_eq!(parsed["content"], content);
+        assert_eq!(parsed["id"], ev.id.as_str());
+        assert_eq!(parsed["created_at"], T);
+        assert_eq!(parsed["tags"], json!(tags));
+    }
+
+    #[test]
+    fn rust_nostr_accepts_plain_events() {
+        use nostr::JsonUtil;
+        let keys = Keys::generate();
+        let tags = vec![vec![
+            "e".to_string(),
+            "0".repeat(64),
+            "wss://r/".to_string(),
+        ]];
+        let ev = sign_event(&keys, T, 7, tags, "plain text, ünïcode & /slashes/");
+        let parsed = nostr::Event::from_json(ev.to_json()).expect("nostr parses");
+        assert!(parsed.verify().is_ok());
+        let bad = nostr::Event::from_json(ev.with_bad_sig().to_json()).expect("parses");
+        assert!(bad.verify().is_err());
+        let wrong = nostr::Event::from_json(ev.with_wrong_id().to_json()).expect("parses");
+        assert!(wrong.verify().is_err());
+    }
+
+    #[tokio::test]
+    async fn newest_first_ties_by_lowest_id_and_clamp() {
+        let keys = Keys::generate();
+        let same: Vec<RawEvent> = (0..10)
+            .map(|i| sign_event(&keys, T, 1, vec![], &format!("same second {i}")))
+            .collect();
+        let newer: Vec<RawEvent> = (0..2)
+            .map(|i| sign_event(&keys, T + 10, 1, vec![], &format!("newer {i}")))
+            .collect();
+        let mut all = same.clone();
+        all.extend(newer.clone());
+        let relay = HostileRelay::start(
+            all,
+            Options {
+                clamp: 4,
+                ..Options::default()
+            },
+        )
+        .await;
+        let same_ids = sorted(ids_of(&same.iter().collect::<Vec<_>>()));
+        let newer_ids = sorted(ids_of(&newer.iter().collect::<Vec<_>>()));
+        let mut ws = connect(&relay).await;
+
+        // 10 events in one second, clamp 4: the 4 lowest ids, in id order.
+        let a = req(&mut ws, "s", vec![json!({ "until": T })]).await;
+        assert!(a.eose);
+        assert_eq!(a.ids(), same_ids[..4].to_vec());
+
+        // An asked limit above the clamp is clamped silently.
+        let a = req(&mut ws, "l", vec![json!({ "until": T, "limit": 100 })]).await;
+        assert_eq!(a.ids(), same_ids[..4].to_vec());
+
+        // Newest first across seconds.
+        let a = req(&mut ws, "all", vec![json!({})]).await;
+        let mut expected = newer_ids.clone();
+        expected.extend_from_slice(&same_ids[..2]);
+        assert_eq!(a.ids(), expected);
+
+        // A smaller limit wins over the clamp.
+        let a = req(&mut ws, "lim", vec![json!({ "limit": 3 })]).await;
+        assert_eq!(a.ids(), expected[..3].to_vec());
+
+        // Several filters: per-filter limit, union, sort, clamp.
+        let a = req(
+            &mut ws,
+            "or",
+            vec![
+                json!({ "until": T, "limit": 1 }),
+                json!({ "since": T + 10 }),
+            ],
+        )
+        .await;
+        let mut expected = newer_ids.clone();
+        expected.push(same_ids[0].clone());
+        assert_eq!(a.ids(), expected);
+
+        // Several filters whose union exceeds the clamp: clamped after sorting.
+        let a = req(
+            &mut ws,
+            "or2",
+            vec![
+                json!({ "until": T, "limit": 3 }),
+                json!({ "since": T + 10 }),
+            ],
+        )
+        .await;
+        let mut expected = newer_ids.clone();
+        expected.extend_from_slice(&same_ids[..2]);
+        assert_eq!(a.ids(), expected);
+        assert_eq!(relay.reqs(), 6);
+        assert_eq!(relay.events_sent(), 4 + 4 + 4 + 3 + 3 + 4);
+        assert_eq!(relay.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn since_until_inclusive() {
+        let keys = Keys::generate();
+        let events: Vec<RawEvent> = (0..6)
+            .map(|i| sign_event(&keys, T + i, 1, vec![], "x"))
+            .collect();
+        let relay = HostileRelay::start(events, Options::default()).await;
+        let mut ws = connect(&relay).await;
+        let a = req(
+            &mut ws,
+            "w",
+            vec![json!({ "since": T + 1, "until": T + 3 })],
+        )
+        .await;
+        let times: Vec<u64> = a
+            .events
+            .iter()
+            .map(|ev| ev["created_at"].as_u64().expect("created_at"))
+            .collect();
+        assert_eq!(times, vec![T + 3, T + 2, T + 1]);
+        let a = req(
+            &mut ws,
+            "p",
+            vec![json!({ "since": T + 5, "until": T + 5 })],
+        )
+        .await;
+        assert_eq!(a.events.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn kinds_authors_ids_and_tag_filters() {
+        let (k1, k2) = (Keys::generate(), Keys::generate());
+        let (p1, p2) = ("1".repeat(64), "2".repeat(64));
+        let tag = |name: &str, value: &str| vec![name.to_string(), value.to_string()];
+        let e1 = sign_event(&k1, T + 1, 1, vec![tag("p", &p1)], "e1");
+        let e2 = sign_event(&k1, T + 2, 7, vec![tag("p", &p2), tag("e", &p1)], "e2");
+        let e3 = sign_event(&k2, T + 3, 1, vec![], "e3");
+        let e4 = sign_event(
+            &k2,
+            T + 4,
+            7,
+            vec![vec!["p".into(), p1.clone(), "wss://relay.example".into()]],
+            "e4",
+        );
+        let all = vec![e1.clone(), e2.clone(), e3.clone(), e4.clone()];
+        let relay = HostileRelay::start(all, Options::default()).await;
+        let mut ws = connect(&relay).await;
+        let cases = [
+            (vec![json!({ "kinds": [7] })], vec![&e2, &e4]),
+            (
+                vec![json!({ "authors": [k2.public_key().to_hex()] })],
+                vec![&e3, &e4],
+            ),
+            (vec![json!({ "#p": [p1] })], vec![&e1, &e4]),
+            (vec![json!({ "#e": [p1], "#p": [p2] })], vec![&e2]),
+            (vec![json!({ "#p": [p1], "kinds": [1] })], vec![&e1]),
+            (vec![json!({ "ids": [e3.id] })], vec![&e3]),
+            (
+                vec![json!({ "kinds": [7], "authors": [k1.public_key().to_hex()] })],
+                vec![&e2],
+            ),
+            (
+                vec![
+                    json!({ "kinds": [1], "authors": [k1.public_key().to_hex()] }),
+                    json!({ "#p": [p2] }),
+                ],
+                vec![&e1, &e2],
+            ),
+            (vec![json!({ "kinds": [30023] })], vec![]),
+        ];
+        for (i, (filters, expected)) in cases.into_iter().enumerate() {
+            let a = req(&mut ws, &format!("c{i}"), filters).await;
+            assert!(a.eose);
+            assert_eq!(a.sorted_ids(), sorted(ids_of(&expected)), "case {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn count_is_exact_and_unclamped() {
+        let keys = Keys::generate();
+        let mut events: Vec<RawEvent> = (0..5)
+            .map(|i| sign_event(&keys, T + i, 1, vec![], "one"))
+            .collect();
+        events.extend((0..2).map(|i| sign_event(&keys, T + i, 7, vec![], "seven")));
+        let opts = Options {
+            clamp: 2,
+            ..Options::default()
+        };
+        let relay = HostileRelay::start(events.clone(), opts.clone()).await;
+        let mut ws = connect(&relay).await;
+        send(&mut ws, json!(["COUNT", "c1", { "kinds": [1] }])).await;
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no COUNT answer");
+        };
+        assert_eq!(msg, json!(["COUNT", "c1", { "count": 5 }]));
+        send(
+            &mut ws,
+            json!(["COUNT", "c2", { "kinds": [1] }, { "kinds": [7] }]),
+        )
+        .await;
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no COUNT answer");
+        };
+        assert_eq!(msg, json!(["COUNT", "c2", { "count": 7 }]));
+
+        let relay = HostileRelay::start(
+            events,
+            Options {
+                count: false,
+                ..opts
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        send(&mut ws, json!(["COUNT", "c3", {}])).await;
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no CLOSED answer");
+        };
+        assert_eq!(msg, json!(["CLOSED", "c3", "unsupported: COUNT"]));
+    }
+
+    #[tokio::test]
+    async fn outside_filter_events_are_appended() {
+        let keys = Keys::generate();
+        let inside = sign_event(&keys, T, 1, vec![], "inside");
+        let stray: Vec<RawEvent> = (0..2)
+            .map(|i| sign_event(&keys, T + 100 + i, 9, vec![], "stray"))
+            .collect();
+        let relay = HostileRelay::start(
+            vec![inside.clone(), sign_event(&keys, T, 3, vec![], "other")],
+            Options {
+                outside_filter: stray.clone(),
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        let a = req(&mut ws, "o", vec![json!({ "kinds": [1] })]).await;
+        assert!(a.eose);
+        assert_eq!(
+            a.ids(),
+            vec![inside.id, stray[0].id.clone(), stray[1].id.clone()]
+        );
+        assert_eq!(a.events[1]["kind"], 9);
+        assert_eq!(relay.events_sent(), 3);
+    }
+
+    #[tokio::test]
+    async fn closed_reason_answers_only_closed() {
+        let keys = Keys::generate();
+        let relay = HostileRelay::start(
+            vec![sign_event(&keys, T, 1, vec![], "x")],
+            Options {
+                closed_reason: Some("rate-limited: slow down".to_string()),
+                outside_filter: vec![sign_event(&keys, T, 2, vec![], "y")],
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        send(&mut ws, json!(["REQ", "r", {}])).await;
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no CLOSED");
+        };
+        assert_eq!(msg, json!(["CLOSED", "r", "rate-limited: slow down"]));
+        assert!(matches!(recv(&mut ws, 200).await, Got::Timeout));
+        assert_eq!(relay.events_sent(), 0);
+    }
+
+    #[tokio::test]
+    async fn disconnect_after_cuts_the_connection() {
+        let keys = Keys::generate();
+        let events: Vec<RawEvent> = (0..10)
+            .map(|i| sign_event(&keys, T + i, 1, vec![], "x"))
+            .collect();
+        let relay = HostileRelay::start(
+            events,
+            Options {
+                disconnect_after: Some(3),
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        let a = req(&mut ws, "d", vec![json!({})]).await;
+        assert_eq!(a.events.len(), 3);
+        assert!(!a.eose);
+        assert!(a.ended);
+        assert_eq!(relay.events_sent(), 3);
+        // A new connection gets its own budget.
+        let mut ws = connect(&relay).await;
+        let a = req(&mut ws, "d2", vec![json!({ "limit": 2 })]).await;
+        assert_eq!(a.events.len(), 2);
+        assert!(a.eose);
+        assert_eq!(relay.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn never_eose_withholds_eose() {
+        let keys = Keys::generate();
+        let events: Vec<RawEvent> = (0..2)
+            .map(|i| sign_event(&keys, T + i, 1, vec![], "x"))
+            .collect();
+        let relay = HostileRelay::start(
+            events,
+            Options {
+                never_eose: true,
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        send(&mut ws, json!(["REQ", "n", {}])).await;
+        for _ in 0..2 {
+            let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+                panic!("missing EVENT");
+            };
+            assert_eq!(msg[0], "EVENT");
+        }
+        assert!(matches!(recv(&mut ws, 300).await, Got::Timeout));
+    }
+
+    #[tokio::test]
+    async fn notice_flood_precedes_each_answer() {
+        let keys = Keys::generate();
+        let relay = HostileRelay::start(
+            vec![sign_event(&keys, T, 1, vec![], "x")],
+            Options {
+                notice_flood: 5,
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        for sub in ["f1", "f2"] {
+            send(&mut ws, json!(["REQ", sub, {}])).await;
+            let mut kinds = Vec::new();
+            loop {
+                let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+                    panic!("answer cut short");
+                };
+                let kind = msg[0].as_str().expect("type").to_string();
+                kinds.push(kind.clone());
+                if kind == "EOSE" {
+                    break;
+                }
+            }
+            assert_eq!(
+                kinds,
+                ["NOTICE", "NOTICE", "NOTICE", "NOTICE", "NOTICE", "EVENT", "EOSE"]
+            );
+        }
+        assert_eq!(relay.reqs(), 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_and_length_encodings() {
+        for (size, header) in [
+            (125usize, vec![0x81u8, 125]),
+            (126, vec![0x81, 126, 0x00, 126]),
+            (1000, vec![0x81, 126, 0x03, 0xe8]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00]),
+            (70_000, vec![0x81, 127, 0, 0, 0, 0, 0, 0x01, 0x11, 0x70]),
+        ] {
+            let relay = HostileRelay::start(
+                vec![],
+                Options {
+                    oversized_frame: Some(size),
+                    ..Options::default()
+                },
+            )
+            .await;
+            let mut tcp = raw_upgrade(&relay).await;
+            tcp.write_all(&client_frame(0x81, br#"["REQ","s",{}]"#))
+                .await
+                .expect("send REQ");
+            assert_eq!(read_n(&mut tcp, header.len()).await, header);
+            let payload = read_n(&mut tcp, size).await;
+            let notice: Value = serde_json::from_slice(&payload).expect("padded NOTICE");
+            assert_eq!(notice[0], "NOTICE");
+            // Then the real answer, in a 7-bit length frame.
+            assert_eq!(read_n(&mut tcp, 2).await, vec![0x81, 12]);
+            assert_eq!(read_n(&mut tcp, 12).await, br#"["EOSE","s"]"#.to_vec());
+            // Only before the first answer.
+            tcp.write_all(&client_frame(0x81, br#"["REQ","t",{}]"#))
+                .await
+                .expect("send REQ");
+            assert_eq!(
+                read_n(&mut tcp, 14).await,
+                b"\x81\x0c[\"EOSE\",\"t\"]".to_vec()
+            );
+        }
+
+        // Through tungstenite too.
+        let relay = HostileRelay::start(
+            vec![],
+            Options {
+                oversized_frame: Some(100_000),
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        send(&mut ws, json!(["REQ", "s", {}])).await;
+        match timeout(Duration::from_secs(1), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => assert_eq!(text.len(), 100_000),
+            _ => panic!("no oversized frame"),
+        }
+    }
+
+    #[tokio::test]
+    async fn protocol_edges() {
+        let keys = Keys::generate();
+        let ev = sign_event(&keys, T, 1, vec![], "x");
+        let relay = HostileRelay::start(vec![ev.clone()], Options::default()).await;
+        let mut ws = connect(&relay).await;
+
+        for bad in [
+            "not json",
+            "{}",
+            "[]",
+            "[1]",
+            r#"["REQ",5]"#,
+            r#"["REQ","s",7]"#,
+            r#"["REQ","s",{"kinds":["a"]}]"#,
+            r#"["NOPE"]"#,
+        ] {
+            ws.send(Message::Text(bad.into())).await.expect("send");
+            let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+                panic!("no NOTICE for {bad}");
+            };
+            assert_eq!(msg[0], "NOTICE", "{bad}");
+            assert!(
+                msg[1].as_str().expect("text").starts_with("invalid: "),
+                "{bad}"
+            );
+        }
+        ws.send(Message::Binary(vec![1, 2, 3].into()))
+            .await
+            .expect("send");
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no NOTICE for binary");
+        };
+        assert_eq!(msg[0], "NOTICE");
+
+        send(
+            &mut ws,
+            json!([
+                "EVENT",
+                serde_json::from_str::<Value>(&ev.to_json()).expect("ev")
+            ]),
+        )
+        .await;
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no OK");
+        };
+        assert_eq!(
+            msg,
+            json!(["OK", ev.id, false, "blocked: read-only test relay"])
+        );
+
+        send(&mut ws, json!(["CLOSE", "s"])).await;
+        ws.send(Message::Ping(b"hi".to_vec().into()))
+            .await
+            .expect("ping");
+        match timeout(Duration::from_secs(1), ws.next()).await {
+            Ok(Some(Ok(Message::Pong(data)))) => assert_eq!(&data[..], b"hi"),
+            other => panic!("expected pong, got {other:?}"),
+        }
+
+        // Just under the incoming cap is fine; over it closes with 1009.
+        let mut padded = String::from(r#"["REQ","big",{}"#);
+        padded.push_str(&" ".repeat(MAX_INCOMING - padded.len() - 1));
+        padded.push(']');
+        ws.send(Message::Text(padded.into())).await.expect("send");
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no answer to 1 MiB REQ");
+        };
+        assert_eq!(msg[0], "EVENT");
+        let Got::Msg(msg) = recv(&mut ws, 1000).await else {
+            panic!("no EOSE");
+        };
+        assert_eq!(msg, json!(["EOSE", "big"]));
+
+        let mut too_big = String::from(r#"["REQ","huge",{}"#);
+        too_big.push_str(&" ".repeat(MAX_INCOMING));
+        too_big.push(']');
+        ws.send(Message::Text(too_big.into())).await.expect("send");
+        match timeout(Duration::from_secs(1), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Size),
+            other => panic!("expected close 1009, got {other:?}"),
+        }
+        assert_eq!(relay.panics(), 0);
+    }
+
+    #[tokio::test]
+    async fn plain_http_and_garbage_do_not_hurt() {
+        let relay = HostileRelay::start(vec![], Options::default()).await;
+
+        // NIP-11 fetch: 404.
+        let mut tcp = TcpStream::connect(relay.addr).await.expect("connect");
+        tcp.write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/nostr+json\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut response = Vec::new();
+        timeout(Duration::from_secs(1), tcp.read_to_end(&mut response))
+            .await
+            .expect("timely")
+            .expect("read");
+        assert!(response.starts_with(b"HTTP/1.1 404 "));
+
+        // Not HTTP at all; and headers that never end.
+        for (request, status) in [
+            (
+                b"\x00\x01\xffgarbage\r\n\r\n".to_vec(),
+                &b"HTTP/1.1 400 "[..],
+            ),
+            (vec![b'a'; 17 * 1024], &b"HTTP/1.1 431 "[..]),
+        ] {
+            let mut tcp = TcpStream::connect(relay.addr).await.expect("connect");
+            tcp.write_all(&request).await.expect("write");
+            let status_line = read_n(&mut tcp, status.len()).await;
+            assert_eq!(status_line, status);
+        }
+
+        // Frame-level abuse after a valid upgrade.
+        let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            // 64-bit length of 2^63 + 1: refused with 1009, nothing allocated.
+            (
+                [vec![0x81, 0xff], (1u64 << 63 | 1).to_be_bytes().to_vec()].concat(),
+                vec![0x88, 2, 0x03, 0xf1],
+            ),
+            // Continuation without a start: 1002.
+            (client_frame(0x80, b"x"), vec![0x88, 2, 0x03, 0xea]),
+            // Reserved opcode: 1002.
+            (client_frame(0x83, b"x"), vec![0x88, 2, 0x03, 0xea]),
+            // New data frame while a fragmented one is open: 1002.
+            (
+                [client_frame(0x01, b"[\"RE"), client_frame(0x81, b"x")].concat(),
+                vec![0x88, 2, 0x03, 0xea],
+            ),
+            // Invalid UTF-8 text: NOTICE.
+            (client_frame(0x81, &[0xff, 0xfe]), b"\x81".to_vec()),
+            // Client close with code 1000: echoed.
+            (client_frame(0x88, &[0x03, 0xe8]), vec![0x88, 2, 0x03, 0xe8]),
+            // Fragmented REQ reassembled, with a ping in between.
+            (
+                [
+                    client_frame(0x01, b"[\"REQ\","),
+                    client_frame(0x89, b"p"),
+                    client_frame(0x80, b"\"f\",{}]"),
+                ]
+                .concat(),
+                b"\x8a\x01p\x81\x0c[\"EOSE\",\"f\"]".to_vec(),
+            ),
+        ];
+        for (i, (input, expected)) in cases.into_iter().enumerate() {
+            let mut tcp = raw_upgrade(&relay).await;
+            tcp.write_all(&input).await.expect("write");
+            assert_eq!(read_n(&mut tcp, expected.len()).await, expected, "case {i}");
+        }
+
+        // Truncated frame then EOF.
+        let mut tcp = raw_upgrade(&relay).await;
+        tcp.write_all(&[0x81, 0xfe, 0x10]).await.expect("write");
+        drop(tcp);
+
+        // Still serving, nothing panicked.
+        let mut ws = connect(&relay).await;
+        let a = req(&mut ws, "ok", vec![json!({})]).await;
+        assert!(a.eose);
+        assert_eq!(relay.panics(), 0);
+    }
+
+    #[tokio::test]
+    async fn set_events_and_shutdown() {
+        let keys = Keys::generate();
+        let first = sign_event(&keys, T, 1, vec![], "first");
+        let second = sign_event(&keys, T, 1, vec![], "second");
+        let relay = HostileRelay::start(vec![first.clone()], Options::default()).await;
+        let mut ws = connect(&relay).await;
+        assert_eq!(
+            req(&mut ws, "a", vec![json!({})]).await.ids(),
+            vec![first.id]
+        );
+        relay.set_events(vec![second.clone(), second.with_bad_sig()]);
+        let a = req(&mut ws, "b", vec![json!({})]).await;
+        assert_eq!(a.ids(), vec![second.id.clone(), second.id.clone()]);
+        assert_ne!(a.events[0]["sig"], a.events[1]["sig"]);
+
+        relay.shutdown();
+        assert!(matches!(recv(&mut ws, 1000).await, Got::Ended));
+        assert!(connect_async(relay.url()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn drip_writes_byte_by_byte() {
+        let relay = HostileRelay::start(
+            vec![],
+            Options {
+                drip: Some(Duration::from_millis(5)),
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut tcp = raw_upgrade(&relay).await;
+        tcp.write_all(&client_frame(0x81, br#"["REQ","d",{}]"#))
+            .await
+            .expect("send REQ");
+        let start = Instant::now();
+        let mut reads = 0;
+        let mut got = Vec::new();
+        while got.len() < 14 {
+            let mut chunk = [0u8; 64];
+            let n = timeout(Duration::from_secs(1), tcp.read(&mut chunk))
+                .await
+                .expect("timely")
+                .expect("read");
+            assert!(n > 0, "connection closed early");
+            got.extend_from_slice(&chunk[..n]);
+            reads += 1;
+        }
+        assert_eq!(got, b"\x81\x0c[\"EOSE\",\"d\"]".to_vec());
+        // 14 bytes with 5 ms after each: the last arrives >= 65 ms later.
+        assert!(
+            start.elapsed() >= Duration::from_millis(60),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(reads >= 4, "{reads} reads: bytes were not dripped");
+    }
+
+    #[tokio::test]
+    #[ignore = "slow: drips a whole event"]
+    async fn drip_event_survives_tungstenite() {
+        let keys = Keys::generate();
+        let ev = sign_event(&keys, T, 1, vec![], "dripped");
+        let relay = HostileRelay::start(
+            vec![ev.clone()],
+            Options {
+                drip: Some(Duration::from_millis(2)),
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut ws = connect(&relay).await;
+        let started = Instant::now();
+        let a = req_within(&mut ws, "d", vec![json!({})], 10_000).await;
+        assert!(a.eose);
+        assert_eq!(a.ids(), vec![ev.id]);
+        assert!(started.elapsed() >= Duration::from_millis(2 * 400));
+    }
+}

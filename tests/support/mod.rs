@@ -1,0 +1,173 @@
+//! Shared test support: real relay software on loopback (rust-nostr's LocalRelay), the in-repo
+//! hostile relay, and a throwaway node (data dir + config) driven through the real binary.
+#![allow(dead_code)]
+
+pub mod hostile;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use nostr::prelude::*;
+use nostr_relay_builder::prelude::*;
+
+/// A LocalRelay with its limits configured away for tests: no write rate limit, no memory cap.
+pub struct TestRelay {
+    pub relay: LocalRelay,
+    pub url: String,
+    pub db: Arc<MemoryDatabase>,
+}
+
+pub struct RelayOpts {
+    /// Silent cap on answers (LocalRelay's `max_filter_limit`).
+    pub clamp: Option<usize>,
+    /// Require NIP-42 AUTH to read.
+    pub auth_read: bool,
+}
+
+impl Default for RelayOpts {
+    fn default() -> Self {
+        Self {
+            clamp: None,
+            auth_read: false,
+        }
+    }
+}
+
+pub async fn local_relay(events: &[Event], opts: RelayOpts) -> TestRelay {
+    let db = Arc::new(MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    }));
+    for ev in events {
+        db.save_event(ev).await.expect("save event");
+    }
+    let mut builder = RelayBuilder::default()
+        .addr("127.0.0.1".parse().expect("ip"))
+        .database(db.clone())
+        .rate_limit(RateLimit {
+            max_reqs: 100_000,
+            notes_per_minute: u32::MAX,
+        });
+    if let Some(c) = opts.clamp {
+        builder = builder.max_filter_limit(c).default_filter_limit(c);
+    }
+    if opts.auth_read {
+        builder = builder.nip42(RelayBuilderNip42 {
+            mode: RelayBuilderNip42Mode::Read,
+        });
+    }
+    let relay = LocalRelay::new(builder);
+    relay.run().await.expect("relay runs");
+    let url = relay
+        .url()
+        .await
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    TestRelay { relay, url, db }
+}
+
+impl TestRelay {
+    /// Store an event in the relay's database (as if published, without the write path).
+    pub async fn add(&self, ev: &Event) {
+        self.db.save_event(ev).await.expect("save event");
+    }
+}
+
+/// `n` signed text notes by `authors` keys round-robin, created at `at(i)`.
+pub fn notes(n: usize, authors: &[Keys], at: impl Fn(usize) -> u64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            EventBuilder::text_note(format!("note {i}"))
+                .custom_created_at(Timestamp::from(at(i)))
+                .sign_with_keys(&authors[i % authors.len()])
+                .expect("sign")
+        })
+        .collect()
+}
+
+pub fn keys(n: usize) -> Vec<Keys> {
+    (0..n).map(|_| Keys::generate()).collect()
+}
+
+/// A node: temp data dir and a config file with `allow_local = true` and no seed relays (tests
+/// must never register a public relay: nothing may leave loopback).
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Node {
+    pub fn new(extra: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config.toml");
+        let text = format!(
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\nconnect_timeout_secs = 5\n[seeder]\nenabled = false\n{extra}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        Node { dir, config }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bigbrotr"));
+        c.arg("--config")
+            .arg(&self.config)
+            .env_remove("BIGBROTR_CONFIG")
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run bigbrotr")
+    }
+
+    /// Run `sync --relay URL --once` on a blocking thread (tests drive relays on their runtime).
+    pub async fn sync_once(&self, url: &str) -> Output {
+        let mut c = self.cmd();
+        c.args(["sync", "--relay", url, "--once"]);
+        tokio::task::spawn_blocking(move || c.output().expect("run bigbrotr"))
+            .await
+            .expect("join")
+    }
+
+    /// Ids of every stored event, via `events export`.
+    pub fn exported_ids(&self) -> std::collections::BTreeSet<String> {
+        let out = self.run(&["events", "export"]);
+        assert!(out.status.success(), "export failed: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                v["id"].as_str().expect("id").to_string()
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn ids_of(events: &[Event]) -> std::collections::BTreeSet<String> {
+    events.iter().map(|e| e.id.to_hex()).collect()
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
