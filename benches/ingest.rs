@@ -11,7 +11,6 @@
 //! Run: `cargo bench --bench ingest` (env BENCH_EVENTS, BENCH_RELAYS, BENCH_PER_RELAY to resize).
 
 #[path = "../tests/support/hostile.rs"]
-#[allow(dead_code)]
 mod hostile;
 
 use std::path::Path;

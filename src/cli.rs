@@ -161,9 +161,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Relays {
             command: RelaysCommand::Add { url },
         } => {
-            let stores = Stores::open(&cfg)?;
             let url = parse_relay_url(&url, &cfg.network.url_policy())?;
-            let (_, added) = stores.state.add_relay(&url, "cli")?;
+            let state = Stores::open_state(&cfg)?;
+            let (_, added) = state.add_relay(&url, "cli")?;
             println!(
                 "{} {url}",
                 if added { "added" } else { "already registered" }
@@ -384,7 +384,7 @@ fn cmd_export(cfg: &Config, filter: Option<&str>) -> Result<ExitCode> {
         Some(f) => Filter::from_json(f).map_err(|e| anyhow::anyhow!("--filter: {e}"))?,
         None => Filter::default(),
     };
-    let stores = Stores::open(cfg)?;
+    let stores = Stores::open_read_only(cfg)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut n = 0u64;
@@ -416,8 +416,7 @@ fn cmd_export(cfg: &Config, filter: Option<&str>) -> Result<ExitCode> {
 }
 
 fn cmd_relays_list(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let stores = Stores::open(cfg)?;
-    let relays = stores.state.relays()?;
+    let relays = Stores::open_state(cfg)?.relays()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&relays)?);
     } else {
@@ -440,7 +439,7 @@ fn cmd_relays_list(cfg: &Config, json: bool) -> Result<ExitCode> {
 }
 
 fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let stores = Stores::open(cfg)?;
+    let stores = Stores::open_read_only(cfg)?;
     let counters = stores.events.counters();
     let relays = stores.state.relays()?;
     let online = relays.iter().filter(|r| r.status == "online").count();

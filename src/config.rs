@@ -237,6 +237,11 @@ pub struct SyncConfig {
     pub max_narrowing_queries: usize,
     /// Answer NIP-42 AUTH challenges with the node key (default: true).
     pub auth: bool,
+    /// Event bytes one page may buffer before the limit is lowered, MiB (default: 8).
+    pub max_page_mb: usize,
+    /// Each new pass re-checks this many seconds below the last complete point, for events
+    /// published late with an older `created_at` (default: 300).
+    pub overlap_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -253,6 +258,8 @@ impl Default for SyncConfig {
             backoff_max_secs: 3_600,
             max_narrowing_queries: 256,
             auth: true,
+            overlap_secs: 300,
+            max_page_mb: 8,
         }
     }
 }
@@ -345,6 +352,9 @@ impl Config {
         }
         if self.network.max_message_bytes < 4096 {
             return Err(bad("network.max_message_bytes", "must be at least 4096"));
+        }
+        if self.sync.max_page_mb == 0 {
+            return Err(bad("sync.max_page_mb", "must be at least 1"));
         }
         if self.finder.batch == 0 {
             return Err(bad("finder.batch", "must be at least 1"));

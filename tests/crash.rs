@@ -15,9 +15,10 @@ const T0: u64 = 1_650_000_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_never_loses_acknowledged_events() {
     let authors = keys(8);
-    let events = notes(12_000, &authors, |i| T0 + (i as u64) / 3);
+    // 40,000 events in 20-event pages: ~2,000 fsynced pages, seconds of work to interrupt.
+    let events = notes(40_000, &authors, |i| T0 + (i as u64) / 3);
     let relay = local_relay(&events, RelayOpts::default()).await;
-    let node = Node::new("[sync]\npage_limit = 100\n");
+    let node = Node::new("[sync]\npage_limit = 20\n");
     let mut rng = rand::thread_rng();
     let mut kills = 0;
     for round in 0..10 {
@@ -28,7 +29,7 @@ async fn kill_dash_nine_never_loses_acknowledged_events() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn");
-        let wait_ms = rng.gen_range(150..900);
+        let wait_ms = rng.gen_range(100..500);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         if child.try_wait().expect("try_wait").is_none() {
             child.kill().expect("SIGKILL");
@@ -43,7 +44,7 @@ async fn kill_dash_nine_never_loses_acknowledged_events() {
     );
     let out = node.sync_once(&relay.url).await;
     assert!(out.status.success(), "final sync failed: {}", stderr(&out));
-    assert_eq!(node.exported_ids(), ids_of(&events));
+    assert_same_ids(&node.exported_ids(), &ids_of(&events));
 }
 
 fn check_cursor_never_passes_unstored(node: &Node, events: &[nostr::Event], round: usize) {

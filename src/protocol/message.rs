@@ -62,7 +62,7 @@ pub fn parse_relay_message(text: &str) -> Result<RelayMessage<'_>, ProtocolError
     let msg = match kind.as_str() {
         "EVENT" => RelayMessage::Event {
             sub: sub_at(&parts, 1)?,
-            event: *parts.get(2).ok_or_else(|| missing("EVENT", 2))?,
+            event: parts.get(2).ok_or_else(|| missing("EVENT", 2))?,
         },
         "EOSE" => RelayMessage::Eose {
             sub: sub_at(&parts, 1)?,

@@ -122,6 +122,9 @@ pub struct EventStore {
     quarantined: AtomicU64,
     sync_writes: bool,
     spool: bool,
+    /// Opened read-only beside a running node (status, export): never writes, not even to
+    /// quarantine a corrupt record.
+    read_only: bool,
     /// Kept alive for the DB's lifetime (RocksDB holds raw pointers to them).
     _cache: Cache,
     _wbm: WriteBufferManager,
@@ -129,6 +132,20 @@ pub struct EventStore {
 
 impl EventStore {
     pub fn open(path: &Path, opts: &EventStoreOptions) -> Result<EventStore, StoreError> {
+        Self::open_mode(path, opts, false)
+    }
+
+    /// Open without taking the writer's lock, so `status` and `events export` work while
+    /// `bigbrotr run` holds the store. Sees everything written (WAL included) at open time.
+    pub fn open_read_only(path: &Path, opts: &EventStoreOptions) -> Result<EventStore, StoreError> {
+        Self::open_mode(path, opts, true)
+    }
+
+    fn open_mode(
+        path: &Path,
+        opts: &EventStoreOptions,
+        read_only: bool,
+    ) -> Result<EventStore, StoreError> {
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         // allow_stall: writers wait for a flush instead of overshooting the memory budget.
         let wbm = WriteBufferManager::new_write_buffer_manager(opts.write_buffer_bytes, true);
@@ -160,12 +177,19 @@ impl EventStore {
             o.set_level_compaction_dynamic_level_bytes(true);
             ColumnFamilyDescriptor::new(name, o)
         };
-        let db = DB::open_cf_descriptors(&db_opts, path, ALL_CFS.iter().map(|n| cf(n))).map_err(
-            |source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            },
-        )?;
+        let cfs = ALL_CFS.iter().map(|n| cf(n));
+        let opened = if read_only {
+            // RocksDB writes an info LOG even when read-only; keep it away from the running
+            // node's own LOG, which it would otherwise truncate.
+            db_opts.set_db_log_dir(std::env::temp_dir().join("bigbrotr-readers"));
+            DB::open_cf_descriptors_read_only(&db_opts, path, cfs, false)
+        } else {
+            DB::open_cf_descriptors(&db_opts, path, cfs)
+        };
+        let db = opened.map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
         let store = EventStore {
             next_ingest: AtomicU64::new(0),
             next_spool: AtomicU64::new(0),
@@ -176,6 +200,7 @@ impl EventStore {
             write_lock: Mutex::new(()),
             sync_writes: opts.sync_writes,
             spool: opts.spool,
+            read_only,
             db,
             _cache: cache,
             _wbm: wbm,
@@ -338,6 +363,10 @@ impl EventStore {
     }
 
     fn quarantine(&self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if self.read_only {
+            tracing::warn!(cf, key = %hex::encode(key), "corrupt record skipped (read-only)");
+            return Ok(());
+        }
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut qkey = cf.as_bytes().to_vec();
         qkey.push(0);
@@ -382,23 +411,6 @@ impl EventStore {
             }
         }
         Ok(())
-    }
-
-    /// Ids of events stored with `created_at == second`, sorted.
-    pub fn ids_at(&self, second: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf(CF_BY_TIME),
-            IteratorMode::From(&second.to_be_bytes(), Direction::Forward),
-        );
-        for item in it {
-            let (k, _) = item?;
-            match split_time_key(&k) {
-                Some((ts, id)) if ts == second => out.push(id),
-                _ => break,
-            }
-        }
-        Ok(out)
     }
 
     /// Ingest-log entries after `watermark` (exclusive; `None` = from the start), at most `max`.
@@ -597,8 +609,6 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, vec![(20, 6), (20, 7)]);
-        assert_eq!(s.ids_at(20).unwrap(), vec![[6; 32], [7; 32]]);
-        assert!(s.ids_at(21).unwrap().is_empty());
         assert_eq!(s.counters().spool_depth, 0, "spool disabled writes nothing");
     }
 

@@ -43,6 +43,51 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Open for reading beside a running node (status, export). Creates the stores first if
+    /// this is a fresh data dir, so the answer is "empty", not an error.
+    pub fn open_read_only(cfg: &Config) -> Result<Stores, OpenError> {
+        let dir = cfg.data_dir();
+        let mut tries = 0;
+        let events = loop {
+            if dir.join("events").join("CURRENT").exists() {
+                break EventStore::open_read_only(&dir.join("events"), &Self::event_opts(cfg))?;
+            }
+            match Self::open(cfg) {
+                Ok(stores) => return Ok(stores),
+                // Another process is creating the store right now: read it once it exists.
+                Err(OpenError::Events(_)) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let state = State::open(&dir.join("state.sqlite"))?;
+        Ok(Stores {
+            events: Arc::new(events),
+            state: Arc::new(state),
+        })
+    }
+
+    /// Open only the SQLite state (registry commands need no RocksDB lock).
+    pub fn open_state(cfg: &Config) -> Result<Arc<State>, OpenError> {
+        let dir = cfg.data_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Arc::new(State::open(&dir.join("state.sqlite"))?))
+    }
+
+    fn event_opts(cfg: &Config) -> EventStoreOptions {
+        EventStoreOptions {
+            block_cache_bytes: cfg.storage.block_cache_mb << 20,
+            write_buffer_bytes: cfg.storage.write_buffer_mb << 20,
+            sync_writes: cfg.storage.sync_writes,
+            spool: cfg.spool.enabled,
+        }
+    }
+
     pub fn open(cfg: &Config) -> Result<Stores, OpenError> {
         let dir = cfg.data_dir();
         std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir {
@@ -58,13 +103,7 @@ impl Stores {
                 });
             }
         }
-        let opts = EventStoreOptions {
-            block_cache_bytes: cfg.storage.block_cache_mb << 20,
-            write_buffer_bytes: cfg.storage.write_buffer_mb << 20,
-            sync_writes: cfg.storage.sync_writes,
-            spool: cfg.spool.enabled,
-        };
-        let events = EventStore::open(&dir.join("events"), &opts)?;
+        let events = EventStore::open(&dir.join("events"), &Self::event_opts(cfg))?;
         let state = State::open(&dir.join("state.sqlite"))?;
         Ok(Stores {
             events: Arc::new(events),

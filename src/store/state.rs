@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::protocol::url::{Network, RelayUrl};
+use crate::protocol::url::RelayUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -459,11 +459,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Network of a stored relay row.
-pub fn row_network(row: &RelayRow) -> Option<Network> {
-    Network::parse(&row.network)
 }
 
 #[cfg(test)]

@@ -18,20 +18,12 @@ pub struct TestRelay {
     pub db: Arc<MemoryDatabase>,
 }
 
+#[derive(Default)]
 pub struct RelayOpts {
     /// Silent cap on answers (LocalRelay's `max_filter_limit`).
     pub clamp: Option<usize>,
     /// Require NIP-42 AUTH to read.
     pub auth_read: bool,
-}
-
-impl Default for RelayOpts {
-    fn default() -> Self {
-        Self {
-            clamp: None,
-            auth_read: false,
-        }
-    }
 }
 
 pub async fn local_relay(events: &[Event], opts: RelayOpts) -> TestRelay {
@@ -162,6 +154,31 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Assert two id sets are equal, printing counts and a few differences (not thousands of ids).
+#[track_caller]
+pub fn assert_same_ids(
+    got: &std::collections::BTreeSet<String>,
+    want: &std::collections::BTreeSet<String>,
+) {
+    let missing: Vec<&String> = want.difference(got).take(3).collect();
+    let extra: Vec<&String> = got.difference(want).take(3).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "stored {} events, expected {}: missing {} (e.g. {missing:?}), unexpected {} (e.g. {extra:?})",
+        got.len(),
+        want.len(),
+        want.difference(got).count(),
+        got.difference(want).count()
+    );
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 pub fn ids_of(events: &[Event]) -> std::collections::BTreeSet<String> {

@@ -28,6 +28,8 @@ pub enum LinkError {
     Closed(String),
     #[error("page did not finish (no EOSE) within {0:?}")]
     PageTimeout(Duration),
+    #[error("page exceeded {0} bytes before EOSE")]
+    PageTooLarge(usize),
 }
 
 /// The raw answer to one REQ.
@@ -42,6 +44,9 @@ pub struct Link {
     url: RelayUrl,
     keys: Option<Keys>,
     page_timeout: Duration,
+    /// Bytes of event frames one page may buffer (memory bound: a relay can send up to
+    /// `limit` frames of `max_message_bytes` each); the session lowers its limit when hit.
+    max_page_bytes: usize,
     next_sub: u64,
     /// NOTICE messages seen on this link (a flood is a fact about the relay, not log spam).
     pub notices: u64,
@@ -57,6 +62,7 @@ impl Link {
         max_message_bytes: usize,
         keys: Option<Keys>,
         page_timeout: Duration,
+        max_page_bytes: usize,
     ) -> Result<Link, LinkError> {
         let conn = WsConnection::connect(dialer, url, max_message_bytes).await?;
         Ok(Link {
@@ -64,6 +70,7 @@ impl Link {
             url: url.clone(),
             keys,
             page_timeout,
+            max_page_bytes,
             next_sub: 0,
             notices: 0,
             challenge: None,
@@ -144,6 +151,7 @@ impl Link {
                 .await?;
             let deadline = tokio::time::Instant::now() + self.page_timeout;
             let mut page = RawPage::default();
+            let mut bytes = 0usize;
             let event_prefix = format!("[\"EVENT\",\"{sub}\",");
             loop {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -155,6 +163,11 @@ impl Link {
                 };
                 // Fast path: our events are the bulk of the traffic; defer parsing to ingest.
                 if text.starts_with(&event_prefix) {
+                    bytes += text.len();
+                    if bytes > self.max_page_bytes {
+                        let _ = self.conn.send(&ClientMessage::Close { sub }).await;
+                        return Err(LinkError::PageTooLarge(self.max_page_bytes));
+                    }
                     page.frames.push(text);
                     continue;
                 }

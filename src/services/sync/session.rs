@@ -150,7 +150,15 @@ pub async fn run(
     }
     let keys = if ctx.cfg.auth { ctx.keys.clone() } else { None };
     let page_timeout = Duration::from_secs(ctx.cfg.page_timeout_secs);
-    let link = Link::connect(&ctx.dialer, url, ctx.max_message_bytes, keys, page_timeout).await?;
+    let link = Link::connect(
+        &ctx.dialer,
+        url,
+        ctx.max_message_bytes,
+        keys,
+        page_timeout,
+        ctx.cfg.max_page_mb << 20,
+    )
+    .await?;
     let caps = ctx.stores.state.caps(relay)?;
     let mut s = Session {
         ctx,
@@ -211,7 +219,12 @@ impl Session<'_> {
     async fn step(&mut self) -> Result<bool, SyncError> {
         let state = &self.ctx.stores.state;
         let mut cur = state.cursor(self.relay)?;
-        let floor = cur.done_until.map_or(0, |d| d.saturating_add(1));
+        // A new pass re-checks `overlap_secs` below the last complete point: relays accept
+        // events dated a little in the past, and those arrive after the window was proven.
+        let floor = cur.done_until.map_or(0, |d| {
+            d.saturating_add(1)
+                .saturating_sub(self.ctx.cfg.overlap_secs)
+        });
         let (top, frontier) = match (cur.pass_top, cur.pass_frontier) {
             (Some(t), Some(f)) => (t, f),
             _ => {
@@ -231,7 +244,20 @@ impl Session<'_> {
             limit: Some(self.limit),
             ..Filter::default()
         };
-        let res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        let res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+            Err(SyncError::Link(LinkError::PageTooLarge(max))) if self.limit > 1 => {
+                // Big events: ask for fewer per page so one page fits the memory budget.
+                self.limit = (self.limit / 2).max(1);
+                tracing::info!(
+                    relay = self.relay,
+                    max_page_bytes = max,
+                    limit = self.limit,
+                    "page too large; lowering limit"
+                );
+                return Ok(false);
+            }
+            other => other?,
+        };
         let n = res.matching.len() as u64;
         let proven_rest = n == 0 || (self.seen_cap > 0 && n < self.limit.min(self.seen_cap));
         self.seen_cap = self.seen_cap.max(n);
@@ -500,7 +526,9 @@ impl Session<'_> {
                     }
                 }
             }
+            let buffered: usize = buf.iter().map(String::len).sum();
             if buf.len() >= 200
+                || buffered >= 1 << 20
                 || (!buf.is_empty() && last_flush.elapsed() >= Duration::from_secs(1))
             {
                 self.flush_live(std::mem::take(&mut buf)).await?;
