@@ -10,16 +10,16 @@
 //!
 //! Run: `cargo bench --bench ingest` (env BENCH_EVENTS, BENCH_RELAYS, BENCH_PER_RELAY to resize).
 
-#[path = "../tests/support/hostile.rs"]
-mod hostile;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::hostile;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nostr::prelude::*;
-use nostr_relay_builder::prelude::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
 
@@ -82,32 +82,16 @@ fn node_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     cfg
 }
 
-async fn local_relay(events: &[Event], clamp: Option<usize>) -> (LocalRelay, String) {
-    let db = Arc::new(MemoryDatabase::with_opts(MemoryDatabaseOptions {
-        events: true,
-        max_events: None,
-    }));
-    for ev in events {
-        db.save_event(ev).await.expect("save");
-    }
-    let mut b = RelayBuilder::default()
-        .addr("127.0.0.1".parse().expect("ip"))
-        .database(db)
-        .rate_limit(RateLimit {
-            max_reqs: 1_000_000,
-            notes_per_minute: u32::MAX,
-        });
-    if let Some(c) = clamp {
-        b = b.max_filter_limit(c);
-    }
-    let relay = LocalRelay::new(b);
-    relay.run().await.expect("relay");
-    let url = relay
-        .url()
-        .await
-        .to_string()
-        .trim_end_matches('/')
-        .to_string();
+async fn local_relay(events: &[Event], clamp: Option<usize>) -> (support::TestRelay, String) {
+    let relay = support::local_relay(
+        events,
+        support::RelayOpts {
+            clamp,
+            auth_read: false,
+        },
+    )
+    .await;
+    let url = relay.url.clone();
     (relay, url)
 }
 

@@ -105,11 +105,7 @@ async fn never_eose_fails_within_the_page_timeout_and_moves_no_cursor() {
     .await;
     let node = fast_node();
     let t = Instant::now();
-    let mut cmd = node.cmd();
-    cmd.args(["sync", "--relay", &relay.url(), "--once", "--retries", "0"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
-        .await
-        .expect("join");
+    let out = node.sync_no_retry(&relay.url()).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("EOSE"), "{}", stderr(&out));
     assert!(
@@ -140,11 +136,7 @@ async fn a_relay_dripping_bytes_costs_one_timeout() {
     .await;
     let node = Node::new("[sync]\npage_timeout_secs = 2\n");
     let t = Instant::now();
-    let mut cmd = node.cmd();
-    cmd.args(["sync", "--relay", &relay.url(), "--once", "--retries", "0"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
-        .await
-        .expect("join");
+    let out = node.sync_no_retry(&relay.url()).await;
     assert!(!out.status.success());
     assert!(
         t.elapsed() < Duration::from_secs(30),
@@ -294,11 +286,7 @@ async fn oversized_frames_and_rate_limits_are_clear_failures() {
     )
     .await;
     let node = fast_node();
-    let mut cmd = node.cmd();
-    cmd.args(["sync", "--relay", &big.url(), "--once", "--retries", "0"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
-        .await
-        .expect("join");
+    let out = node.sync_no_retry(&big.url()).await;
     assert!(!out.status.success());
     assert!(
         stderr(&out).to_lowercase().contains("too long") || stderr(&out).contains("size"),
@@ -314,18 +302,7 @@ async fn oversized_frames_and_rate_limits_are_clear_failures() {
         },
     )
     .await;
-    let mut cmd = node.cmd();
-    cmd.args([
-        "sync",
-        "--relay",
-        &limited.url(),
-        "--once",
-        "--retries",
-        "0",
-    ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
-        .await
-        .expect("join");
+    let out = node.sync_no_retry(&limited.url()).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("rate-limit"), "{}", stderr(&out));
 }
@@ -350,4 +327,35 @@ async fn pages_of_big_events_stay_within_the_memory_budget() {
     let out = node.sync_once(&relay.url()).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_ids(&node.exported_ids(), &ids(&events));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_full_of_invalid_events_still_advance_by_their_claimed_time() {
+    let authors = keys(2);
+    let good = raw_notes(200, &authors, |i| T0 + i as u64);
+    // The newest 300 events, spread over 300 seconds, all carry broken signatures.
+    let forged: Vec<RawEvent> = raw_notes(300, &authors, |i| T0 + 1_000 + i as u64)
+        .iter()
+        .map(RawEvent::with_bad_sig)
+        .collect();
+    let mut served = good.clone();
+    served.extend(forged);
+    let relay = HostileRelay::start(
+        served,
+        Options {
+            clamp: 100,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_ids(&node.exported_ids(), &ids(&good));
+    // Pages advance by the answered events' time, not one second per request.
+    assert!(
+        relay.reqs() < 40,
+        "{} REQs for 500 events in pages of 100",
+        relay.reqs()
+    );
 }

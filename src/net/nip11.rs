@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio_rustls::rustls;
 
 use super::dialer::{DialError, Dialer};
-use super::http::{self, GetRequest, HttpError, RelayInfo, NIP11_ACCEPT, NIP11_MAX_BYTES};
+use super::http::{self, GetRequest, HttpError};
+use crate::protocol::nip11::{parse_relay_info, RelayInfo, NIP11_ACCEPT, NIP11_MAX_BYTES};
 use crate::protocol::url::RelayUrl;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +112,7 @@ pub async fn fetch(
             status: resp.status,
         });
     }
-    http::parse_relay_info(&resp.body).map_err(|e| Nip11Error::Document {
+    parse_relay_info(&resp.body).map_err(|e| Nip11Error::Document {
         url: url.to_string(),
         reason: e.to_string(),
     })

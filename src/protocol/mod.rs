@@ -7,6 +7,7 @@
 pub mod event;
 pub mod filter;
 pub mod message;
+pub mod nip11;
 pub mod url;
 
 pub use event::{Event, EventLimits, ParsedEvent};

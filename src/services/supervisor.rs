@@ -113,17 +113,18 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
+    fn setup() -> (tempfile::TempDir, Stores, Shutdown, Supervisor) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[node]\ndata_dir = \"{}\"\n", dir.path().display());
+        let stores = Stores::open(&Config::parse(&text, None).unwrap()).unwrap();
+        let shutdown = Shutdown::new();
+        let sup = Supervisor::new(stores.clone(), shutdown.clone());
+        (dir, stores, shutdown, sup)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn failed_service_is_restarted_with_backoff_and_health_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::parse(
-            &format!("[node]\ndata_dir = \"{}\"\n", dir.path().display()),
-            None,
-        )
-        .unwrap();
-        let stores = Stores::open(&cfg).unwrap();
-        let shutdown = Shutdown::new();
-        let mut sup = Supervisor::new(stores.clone(), shutdown.clone());
+        let (_dir, stores, _shutdown, mut sup) = setup();
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
         sup.spawn("flaky", move || {
@@ -147,15 +148,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_a_failing_service_instead_of_restarting() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = Config::parse(
-            &format!("[node]\ndata_dir = \"{}\"\n", dir.path().display()),
-            None,
-        )
-        .unwrap();
-        let stores = Stores::open(&cfg).unwrap();
-        let shutdown = Shutdown::new();
-        let mut sup = Supervisor::new(stores.clone(), shutdown.clone());
+        let (_dir, stores, shutdown, mut sup) = setup();
         sup.spawn("doomed", || async { anyhow::bail!("always") });
         tokio::time::sleep(Duration::from_millis(1500)).await;
         shutdown.trigger();

@@ -206,13 +206,19 @@ impl EventStore {
             _wbm: wbm,
         };
         store.next_ingest.store(
-            store.last_seq(CF_INGEST)?.map_or(0, |s| s + 1),
+            store
+                .edge_seq(CF_INGEST, IteratorMode::End)?
+                .map_or(0, |s| s + 1),
             Ordering::Relaxed,
         );
-        let spool_next = store.last_seq(CF_SPOOL)?.map_or(0, |s| s + 1);
+        let spool_next = store
+            .edge_seq(CF_SPOOL, IteratorMode::End)?
+            .map_or(0, |s| s + 1);
         store.next_spool.store(spool_next, Ordering::Relaxed);
         store.spool_head.store(
-            store.first_seq(CF_SPOOL)?.unwrap_or(spool_next),
+            store
+                .edge_seq(CF_SPOOL, IteratorMode::Start)?
+                .unwrap_or(spool_next),
             Ordering::Relaxed,
         );
         store
@@ -234,19 +240,9 @@ impl EventStore {
             .unwrap_or_else(|| unreachable!("column family {name} missing"))
     }
 
-    fn last_seq(&self, cf: &str) -> Result<Option<u64>, StoreError> {
-        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::End);
-        Ok(match it.next().transpose()? {
-            Some((k, _)) => k
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes),
-            None => None,
-        })
-    }
-
-    fn first_seq(&self, cf: &str) -> Result<Option<u64>, StoreError> {
-        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::Start);
+    /// The sequence number at one end (`IteratorMode::Start` or `End`) of a seq-keyed CF.
+    fn edge_seq(&self, cf: &str, end: IteratorMode<'_>) -> Result<Option<u64>, StoreError> {
+        let mut it = self.db.iterator_cf(self.cf(cf), end);
         Ok(match it.next().transpose()? {
             Some((k, _)) => k
                 .get(..8)

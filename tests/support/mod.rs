@@ -128,6 +128,15 @@ impl Node {
             .expect("join")
     }
 
+    /// `sync --relay URL --once --retries 0`: the first failure is the answer.
+    pub async fn sync_no_retry(&self, url: &str) -> Output {
+        let mut c = self.cmd();
+        c.args(["sync", "--relay", url, "--once", "--retries", "0"]);
+        tokio::task::spawn_blocking(move || c.output().expect("run bigbrotr"))
+            .await
+            .expect("join")
+    }
+
     /// Ids of every stored event, via `events export`.
     pub fn exported_ids(&self) -> std::collections::BTreeSet<String> {
         let out = self.run(&["events", "export"]);

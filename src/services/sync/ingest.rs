@@ -29,6 +29,10 @@ pub struct PageResult {
     pub outside_filter: u64,
     /// Signatures verified (copies not already stored).
     pub verified: u64,
+    /// Oldest `created_at` the relay answered inside the asked window, counting every event it
+    /// sent there (valid, ephemeral, or invalid with a readable `created_at`): the relay ranked
+    /// its newest-first answer by these values, so they bound what the answer proves.
+    pub oldest_answered: Option<u64>,
     pub write: WriteStats,
 }
 
@@ -42,9 +46,28 @@ pub struct Matched {
 }
 
 impl PageResult {
-    pub fn min_created_at(&self) -> Option<u64> {
-        self.matching.iter().map(|m| m.created_at).min()
+    fn answered(&mut self, created_at: u64, filter: Option<&Filter>) {
+        let in_window = filter.is_none_or(|f| {
+            f.since.is_none_or(|s| created_at >= s) && f.until.is_none_or(|u| created_at <= u)
+        });
+        if in_window {
+            self.oldest_answered = Some(
+                self.oldest_answered
+                    .map_or(created_at, |o| o.min(created_at)),
+            );
+        }
     }
+}
+
+/// The `created_at` an invalid event claims, if it can be read at all.
+fn claimed_created_at(raw: &serde_json::value::RawValue) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        created_at: u64,
+    }
+    serde_json::from_str::<Claim>(raw.get())
+        .ok()
+        .map(|c| c.created_at)
 }
 
 pub fn ingest(
@@ -70,10 +93,14 @@ pub fn ingest(
             Ok(p) => p,
             Err(e) => {
                 res.invalid += 1;
+                if let Some(t) = claimed_created_at(raw) {
+                    res.answered(t, filter);
+                }
                 tracing::debug!(relay, error = %e, "event refused");
                 continue;
             }
         };
+        res.answered(parsed.unverified().created_at, filter);
         if is_ephemeral(parsed.unverified().kind) || !distinct.insert(*parsed.id()) {
             continue;
         }

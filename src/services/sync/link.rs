@@ -154,12 +154,8 @@ impl Link {
             let mut bytes = 0usize;
             let event_prefix = format!("[\"EVENT\",\"{sub}\",");
             loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let text = match self.conn.recv(left).await {
-                    Err(WsError::Timeout(_)) => {
-                        return Err(LinkError::PageTimeout(self.page_timeout))
-                    }
-                    other => other?,
+                let Some(text) = self.next_before(deadline).await? else {
+                    return Err(LinkError::PageTimeout(self.page_timeout));
                 };
                 // Fast path: our events are the bulk of the traffic; defer parsing to ingest.
                 if text.starts_with(&event_prefix) {
@@ -217,10 +213,8 @@ impl Link {
             .await?;
         let deadline = tokio::time::Instant::now() + self.page_timeout.min(Duration::from_secs(10));
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let text = match self.conn.recv(left).await {
-                Err(WsError::Timeout(_)) => return Ok(None),
-                other => other?,
+            let Some(text) = self.next_before(deadline).await? else {
+                return Ok(None);
             };
             let Ok(msg) = parse_relay_message(&text) else {
                 continue;
@@ -275,10 +269,8 @@ impl Link {
         let deadline = tokio::time::Instant::now() + self.page_timeout;
         let mut need: Vec<[u8; 32]> = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let text = match self.conn.recv(left).await {
-                Err(WsError::Timeout(_)) => return Ok(None),
-                other => other?,
+            let Some(text) = self.next_before(deadline).await? else {
+                return Ok(None);
             };
             let Ok(msg) = parse_relay_message(&text) else {
                 continue;
@@ -324,10 +316,18 @@ impl Link {
 
     /// Receive the next frame (live mode); `Ok(None)` on idle timeout.
     pub async fn recv_live(&mut self, idle: Duration) -> Result<Option<String>, LinkError> {
-        match self.conn.recv(idle).await {
-            Ok(t) => Ok(Some(t)),
+        self.next_before(tokio::time::Instant::now() + idle).await
+    }
+
+    /// The next text frame before `deadline`; `Ok(None)` once it has passed.
+    async fn next_before(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<String>, LinkError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self.conn.recv(left).await {
             Err(WsError::Timeout(_)) => Ok(None),
-            Err(e) => Err(e.into()),
+            other => Ok(Some(other?)),
         }
     }
 

@@ -10,7 +10,9 @@
 //! second `m < frontier` proves `(m, frontier]` complete: the frontier moves to `m` (the events at
 //! `m` itself are asked again, which costs a few duplicates, not 4x). An empty answer proves the
 //! rest of the window. An answer smaller than both the asked limit and the largest answer this
-//! relay gave in this session also proves the rest (the relay had room and nothing more).
+//! relay gave in this session also proves the rest (the relay had room and nothing more); that
+//! comparison counts every frame received (invalid ones occupy answer slots too), while the
+//! learned size only ever counts valid matching events.
 //! An answer entirely inside one second `s` may be a saturated second: more events share `s` than
 //! the relay returns at once. It is resolved by NIP-77 negentropy where the relay speaks it, else
 //! by narrowing the second by author and kind and checking the union against an exact NIP-45
@@ -258,13 +260,18 @@ impl Session<'_> {
             }
             other => other?,
         };
+        // `n` (valid, in-window, distinct) is a lower bound of what the relay answered and
+        // `received` (every frame, junk included) an upper bound. The learned cap grows only
+        // from the lower bound, and the "relay had room" proof needs the upper bound below it:
+        // invalid or ephemeral events occupy answer slots too.
         let n = res.matching.len() as u64;
-        let proven_rest = n == 0 || (self.seen_cap > 0 && n < self.limit.min(self.seen_cap));
+        let proven_rest = res.received == 0
+            || (self.seen_cap > 0 && res.received < self.limit.min(self.seen_cap));
         self.seen_cap = self.seen_cap.max(n);
         let done = if proven_rest {
             true
         } else {
-            let m = res.min_created_at().unwrap_or(frontier);
+            let m = res.oldest_answered.unwrap_or(frontier);
             if m < frontier {
                 cur.pass_frontier = Some(m);
                 false
