@@ -215,6 +215,7 @@ fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncConte
         keys,
         shutdown,
         stats: std::sync::Arc::new(SyncStats::default()),
+        page_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.sync.max_pages_in_flight)),
         spool_max: cfg.spool.enabled.then_some(cfg.spool.max_entries),
         min_free_disk_mb: cfg.storage.min_free_disk_mb,
         data_dir: cfg.data_dir(),

@@ -237,6 +237,9 @@ pub struct SyncConfig {
     pub max_narrowing_queries: usize,
     /// Answer NIP-42 AUTH challenges with the node key (default: true).
     pub auth: bool,
+    /// Pages buffered at once across all relays; bounds memory whatever `max_relays` is
+    /// (default: 8).
+    pub max_pages_in_flight: usize,
     /// Event bytes one page may buffer before the limit is lowered, MiB (default: 8).
     pub max_page_mb: usize,
     /// Each new pass re-checks this many seconds below the last complete point, for events
@@ -260,6 +263,7 @@ impl Default for SyncConfig {
             auth: true,
             overlap_secs: 300,
             max_page_mb: 8,
+            max_pages_in_flight: 8,
         }
     }
 }
@@ -352,6 +356,9 @@ impl Config {
         }
         if self.network.max_message_bytes < 4096 {
             return Err(bad("network.max_message_bytes", "must be at least 4096"));
+        }
+        if self.sync.max_pages_in_flight == 0 {
+            return Err(bad("sync.max_pages_in_flight", "must be at least 1"));
         }
         if self.sync.max_page_mb == 0 {
             return Err(bad("sync.max_page_mb", "must be at least 1"));

@@ -4,4 +4,5 @@
 pub mod dialer;
 pub mod http;
 pub mod nip11;
+pub mod tls;
 pub mod ws;

@@ -5,7 +5,6 @@
 //! exchange at the dialer's timeout. Redirects are not followed here (the monitor follows them
 //! after re-checking each target against the SSRF policy).
 
-use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio_rustls::rustls;
@@ -28,21 +27,6 @@ pub enum Nip11Error {
     #[error("{url}: HTTP status {status}, no NIP-11 document")]
     Status { url: String, status: u16 },
 }
-
-static TLS: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::new(|| {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| rustls::ClientConfig::builder())
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-});
 
 pub const USER_AGENT: &str = concat!("bigbrotr/", env!("CARGO_PKG_VERSION"));
 
@@ -87,7 +71,7 @@ pub async fn fetch(
             url: url.to_string(),
             reason: e.to_string(),
         })?;
-        let connector = tokio_rustls::TlsConnector::from(TLS.clone());
+        let connector = tokio_rustls::TlsConnector::from(super::tls::client_config());
         let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| Nip11Error::Tls {

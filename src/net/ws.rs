@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::dialer::{DialError, Dialer};
 use crate::protocol::url::RelayUrl;
@@ -50,8 +50,12 @@ impl WsConnection {
             .max_write_buffer_size(1 << 20)
             .max_message_size(Some(max_message_bytes))
             .max_frame_size(Some(max_message_bytes));
-        let handshake =
-            tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, Some(config), None);
+        let handshake = tokio_tungstenite::client_async_tls_with_config(
+            url.as_str(),
+            tcp,
+            Some(config),
+            Some(Connector::Rustls(super::tls::client_config())),
+        );
         let (stream, _resp) = tokio::time::timeout(dialer.timeout(), handshake)
             .await
             .map_err(|_| WsError::HandshakeTimeout {

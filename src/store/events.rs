@@ -274,12 +274,16 @@ impl EventStore {
     }
 
     /// Store one page atomically: `events` (verified, or already stored) seen on `relay` at
-    /// `seen_at`. Returns only after the batch is durable (see the module invariants).
+    /// `seen_at`. `known[i]` says event i was found stored when it was read (its existence
+    /// check is skipped; everything else is re-checked under the write lock, so two relays
+    /// delivering the same new event at once store it once). Returns only after the batch is
+    /// durable (see the module invariants).
     pub fn write_page(
         &self,
         relay: u32,
         seen_at: u64,
         events: &[Event],
+        known: &[bool],
     ) -> Result<WriteStats, StoreError> {
         if events.is_empty() {
             return Ok(WriteStats::default());
@@ -294,11 +298,12 @@ impl EventStore {
         let mut in_batch: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
         let mut seen_in_batch: std::collections::HashSet<[u8; 32]> =
             std::collections::HashSet::new();
-        for ev in events {
+        for (i, ev) in events.iter().enumerate() {
+            let was_known = known.get(i).copied().unwrap_or(false);
             let mut seen_key = [0u8; 36];
             seen_key[..32].copy_from_slice(&ev.id);
             seen_key[32..].copy_from_slice(&relay.to_be_bytes());
-            let is_new = !in_batch.contains(&ev.id) && !self.contains(&ev.id)?;
+            let is_new = !was_known && !in_batch.contains(&ev.id) && !self.contains(&ev.id)?;
             if is_new {
                 in_batch.insert(ev.id);
                 batch.put_cf(cf_events, ev.id, ev.encode());
@@ -554,7 +559,7 @@ mod tests {
         {
             let s = open(dir.path(), true);
             let st = s
-                .write_page(1, 100, &[ev(1, 10), ev(2, 20), ev(1, 10)])
+                .write_page(1, 100, &[ev(1, 10), ev(2, 20), ev(1, 10)], &[])
                 .unwrap();
             assert_eq!(
                 st,
@@ -563,7 +568,7 @@ mod tests {
                     new_sightings: 2
                 }
             );
-            let st = s.write_page(2, 200, &[ev(1, 10)]).unwrap();
+            let st = s.write_page(2, 200, &[ev(1, 10)], &[]).unwrap();
             assert_eq!(
                 st,
                 WriteStats {
@@ -571,7 +576,7 @@ mod tests {
                     new_sightings: 1
                 }
             );
-            let st = s.write_page(2, 300, &[ev(1, 10)]).unwrap();
+            let st = s.write_page(2, 300, &[ev(1, 10)], &[]).unwrap();
             assert_eq!(st, WriteStats::default());
             assert_eq!(s.sightings(&[1; 32]).unwrap(), vec![(1, 100), (2, 200)]);
             assert_eq!(s.stored_sig(&[2; 32]).unwrap(), Some([2; 64]));
@@ -582,7 +587,7 @@ mod tests {
         assert_eq!((c.events, c.sightings, c.spool_depth), (2, 3, 3));
         assert_eq!(s.get(&[2; 32]).unwrap(), Some(ev(2, 20)));
         // The ingest log continues after reopen instead of overwriting.
-        s.write_page(1, 400, &[ev(3, 5)]).unwrap();
+        s.write_page(1, 400, &[ev(3, 5)], &[]).unwrap();
         let log = s.ingest_after(None, 10).unwrap();
         assert_eq!(
             log.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
@@ -596,7 +601,7 @@ mod tests {
     fn time_scan_is_ordered_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), false);
-        s.write_page(1, 1, &[ev(5, 30), ev(4, 10), ev(6, 20), ev(7, 20)])
+        s.write_page(1, 1, &[ev(5, 30), ev(4, 10), ev(6, 20), ev(7, 20)], &[])
             .unwrap();
         let mut seen = Vec::new();
         s.scan_time(15, 25, |e| {
@@ -612,8 +617,8 @@ mod tests {
     fn spool_entries_are_written_with_the_event_and_acked_after() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), true);
-        s.write_page(1, 50, &[ev(1, 10), ev(2, 11)]).unwrap();
-        s.write_page(2, 60, &[ev(1, 10)]).unwrap();
+        s.write_page(1, 50, &[ev(1, 10), ev(2, 11)], &[]).unwrap();
+        s.write_page(2, 60, &[ev(1, 10)], &[]).unwrap();
         let recs = s.spool_peek(10).unwrap();
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[0].1[0], SPOOL_EVENT);
@@ -631,7 +636,7 @@ mod tests {
     fn corrupt_record_is_quarantined_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), false);
-        s.write_page(1, 1, &[ev(1, 10)]).unwrap();
+        s.write_page(1, 1, &[ev(1, 10)], &[]).unwrap();
         s.db.put_cf(s.cf(CF_EVENTS), [1u8; 32], b"garbage").unwrap();
         assert_eq!(s.get(&[1; 32]).unwrap(), None);
         assert_eq!(s.counters().quarantined, 1);

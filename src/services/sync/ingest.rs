@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::protocol::event::{self, is_ephemeral};
+use crate::protocol::event::{self, is_ephemeral, PubkeyCache};
 use crate::protocol::message::{parse_relay_message, RelayMessage};
 use crate::protocol::{Event, EventLimits, Filter};
 use crate::store::{EventStore, StoreError, WriteStats};
@@ -84,6 +84,8 @@ pub fn ingest(
     };
     let mut events: Vec<Event> = Vec::with_capacity(frames.len());
     let mut distinct: HashSet<[u8; 32]> = HashSet::with_capacity(frames.len());
+    let mut pubkeys = PubkeyCache::default();
+    let mut known: Vec<bool> = Vec::with_capacity(frames.len());
     for frame in frames {
         let Ok(RelayMessage::Event { event: raw, .. }) = parse_relay_message(frame) else {
             res.invalid += 1;
@@ -104,12 +106,14 @@ pub fn ingest(
         if is_ephemeral(parsed.unverified().kind) || !distinct.insert(*parsed.id()) {
             continue;
         }
-        let ev = match store.stored_sig(parsed.id())? {
-            Some(sig) if &sig == parsed.sig() => parsed.into_known_verified(),
-            _ => {
+        let (ev, is_known) = match store.stored_sig(parsed.id())? {
+            Some(sig) if &sig == parsed.sig() => (parsed.into_known_verified(), true),
+            stored => {
                 res.verified += 1;
-                match parsed.verify() {
-                    Ok(ev) => ev,
+                match parsed.verify_with(&mut pubkeys) {
+                    // Same id, another valid signature (BIP-340 signatures are not unique):
+                    // the stored event stands; this copy is a sighting.
+                    Ok(ev) => (ev, stored.is_some()),
                     Err(e) => {
                         res.invalid += 1;
                         tracing::debug!(relay, error = %e, "event refused");
@@ -129,8 +133,9 @@ pub fn ingest(
             res.outside_filter += 1;
         }
         events.push(ev);
+        known.push(is_known);
     }
-    res.write = store.write_page(relay, seen_at, &events)?;
+    res.write = store.write_page(relay, seen_at, &events, &known)?;
     Ok(res)
 }
 

@@ -71,6 +71,10 @@ pub struct SyncContext {
     pub keys: Option<Keys>,
     pub shutdown: Shutdown,
     pub stats: Arc<SyncStats>,
+    /// Pages buffered at once across all sessions (`sync.max_pages_in_flight`): memory is
+    /// bounded by this, not by the number of relays connected. A session holds one permit from
+    /// sending its REQ until the page is stored.
+    pub page_slots: Arc<tokio::sync::Semaphore>,
     /// Invariant 4: syncing pauses at this spool depth (`None`: spool disabled).
     pub spool_max: Option<u64>,
     /// Invariant 4: syncing pauses below this much free disk (MiB) on the data dir's disk.
@@ -304,6 +308,13 @@ impl Session<'_> {
         filters: Vec<Filter>,
         matching: Option<Filter>,
     ) -> Result<PageResult, SyncError> {
+        let _slot = self
+            .ctx
+            .page_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SyncError::Shutdown)?;
         let raw = self.link.request(filters).await?;
         let store = self.ctx.stores.events.clone();
         let limits = self.ctx.limits;
@@ -551,6 +562,13 @@ impl Session<'_> {
         if frames.is_empty() {
             return Ok(());
         }
+        let _slot = self
+            .ctx
+            .page_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SyncError::Shutdown)?;
         let store = self.ctx.stores.events.clone();
         let limits = self.ctx.limits;
         let relay = self.relay;
