@@ -132,40 +132,64 @@ fn ceiling(events: &[Event]) -> f64 {
 }
 
 async fn bench_ingest() {
-    let n = env_usize("BENCH_EVENTS", 30_000);
+    let n = env_usize("BENCH_EVENTS", 40_000);
+    let rounds = env_usize("BENCH_ROUNDS", 3);
     let t0 = 1_700_000_000u64;
     let events = sign_all(n, 50, |i| t0 + (i as u64 * 13) % (n as u64 * 2));
-    let ceil = ceiling(&events);
     let (_relay, url) = local_relay(&events, None).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "sync",
-        "--relay",
-        &url,
-        "--once",
-    ]);
-    let wall = Instant::now();
-    let (ok, cpu, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
-        .await
-        .expect("join");
-    let wall = wall.elapsed();
-    assert!(ok, "sync failed");
-    let rate = n as f64 / cpu.as_secs_f64();
+    // Alternate ceiling and node runs and report the median ratio: one run of each is at the
+    // mercy of whatever else the shared machine is doing in those seconds.
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let ceil = ceiling(&events);
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
+        let mut cmd = wrapped(BIN);
+        cmd.args([
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "sync",
+            "--relay",
+            &url,
+            "--once",
+        ]);
+        let wall = Instant::now();
+        let (ok, cpu, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
+            .await
+            .expect("join");
+        let wall = wall.elapsed();
+        assert!(ok, "sync failed");
+        let rate = n as f64 / cpu.as_secs_f64();
+        println!(
+            "verified ingest round {round}: {n} events, node {rate:.0} events/CPU-s (CPU {:.2} s, wall {:.2} s), ceiling {ceil:.0} verifies/CPU-s, ratio {:.2}",
+            cpu.as_secs_f64(),
+            wall.as_secs_f64(),
+            rate / ceil
+        );
+        ratios.push(rate / ceil);
+    }
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "verified ingest: {n} events, node CPU {:.2} s (wall {:.2} s)",
-        cpu.as_secs_f64(),
-        wall.as_secs_f64()
+        "  ratio (median of {rounds}): {:.2}x of the ceiling (goal >= 0.70)",
+        ratios[ratios.len() / 2]
     );
-    println!("  node:    {rate:>10.0} events archived per CPU-second");
-    println!("  ceiling: {ceil:>10.0} BIP-340 verifies per CPU-second (same events, same run)");
-    println!(
-        "  ratio:   {:.2}x of the ceiling (goal >= 0.70)",
-        rate / ceil
-    );
+}
+
+/// `BENCH_WRAP="perf record -g -o /tmp/perf.data"` runs the node under a profiler.
+fn wrapped(bin: &str) -> Command {
+    let wrap: Vec<String> = std::env::var("BENCH_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    match wrap.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
 }
 
 async fn bench_wire() {
@@ -239,8 +263,9 @@ async fn bench_rss() {
     let cfg = node_config(
         dir.path(),
         &format!(
-            "[seeder]\nfile = \"{}\"\n[finder]\nenabled = false\n[sync]\nmax_relays = {relays}\nlive_turn_secs = 3600\n",
-            seeds.display()
+            "[seeder]\nfile = \"{}\"\n[finder]\nenabled = false\n[sync]\nmax_relays = {relays}\nlive_turn_secs = 3600\n{}",
+            seeds.display(),
+            std::env::var("BENCH_SYNC_EXTRA").unwrap_or_default().replace("\\n", "\n")
         ),
     );
     let child = Command::new(BIN)
@@ -275,16 +300,24 @@ async fn bench_rss() {
     .await
     .expect("join");
     let wall = start.elapsed();
+    // Peak RSS of the node itself: VmHWM belongs to the process image after exec. (wait4's
+    // ru_maxrss would also count the bench process's pages the child saw between fork and exec.)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let (ok, cpu, rss_kib) = tokio::task::spawn_blocking(move || wait_measured(child))
+    let (ok, cpu, _) = tokio::task::spawn_blocking(move || wait_measured(child))
         .await
         .expect("join");
     assert!(done, "the node did not archive every relay within 600 s");
     println!("100-relay sync: {relays} relays x {per} events ({unique} unique), all complete in {:.1} s wall, {:.1} CPU-s, clean stop: {ok}", wall.as_secs_f64(), cpu.as_secs_f64());
     println!(
-        "  peak RSS: {:.1} MB (goal <= 50 MB)",
-        rss_kib as f64 / 1024.0
+        "  peak RSS (VmHWM, until all relays complete): {:.1} MB (goal <= 50 MB)",
+        hwm_kib as f64 / 1024.0
     );
 }
 

@@ -238,7 +238,7 @@ pub struct SyncConfig {
     /// Answer NIP-42 AUTH challenges with the node key (default: true).
     pub auth: bool,
     /// Pages buffered at once across all relays; bounds memory whatever `max_relays` is
-    /// (default: 8).
+    /// (default: 4).
     pub max_pages_in_flight: usize,
     /// Event bytes one page may buffer before the limit is lowered, MiB (default: 8).
     pub max_page_mb: usize,
@@ -263,7 +263,7 @@ impl Default for SyncConfig {
             auth: true,
             overlap_secs: 300,
             max_page_mb: 8,
-            max_pages_in_flight: 8,
+            max_pages_in_flight: 4,
         }
     }
 }

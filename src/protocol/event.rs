@@ -278,18 +278,31 @@ pub fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (i, pair) in b.chunks_exact(2).enumerate() {
-        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        if (hi | lo) & 0xf0 != 0 {
+            return None;
+        }
+        out[i] = (hi << 4) | lo;
     }
     Some(out)
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Lowercase hex digit values; 0xff marks every other byte. A table, because three ids of
+/// 32-64 bytes are decoded for every event received.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut j = 0;
+    while j < 6 {
+        t[b'a' as usize + j] = 10 + j as u8;
+        j += 1;
+    }
+    t
+};
 
 impl Event {
     /// The event as NIP-01 JSON (standard JSON escaping: this is the transport form).

@@ -117,6 +117,9 @@ pub struct EventStore {
     next_spool: AtomicU64,
     /// Oldest spool key still present (spool depth = next_spool - spool_head, when contiguous).
     spool_head: AtomicU64,
+    /// Bumped by every committed page: a caller that looked ids up at generation G and finds
+    /// G unchanged under the write lock knows its "not stored" answers still hold.
+    generation: AtomicU64,
     events: AtomicU64,
     sightings: AtomicU64,
     quarantined: AtomicU64,
@@ -173,7 +176,13 @@ impl EventStore {
             o.set_block_based_table_factory(&block);
             o.set_write_buffer_size(opts.write_buffer_bytes / 4);
             o.set_max_write_buffer_number(2);
-            o.set_compression_type(DBCompressionType::Lz4);
+            // Event bodies are text and compress ~2x; the other families hold random ids and
+            // counters, where compression costs CPU and saves nothing.
+            o.set_compression_type(if name == CF_EVENTS {
+                DBCompressionType::Lz4
+            } else {
+                DBCompressionType::None
+            });
             o.set_level_compaction_dynamic_level_bytes(true);
             ColumnFamilyDescriptor::new(name, o)
         };
@@ -194,6 +203,7 @@ impl EventStore {
             next_ingest: AtomicU64::new(0),
             next_spool: AtomicU64::new(0),
             spool_head: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             events: AtomicU64::new(0),
             sightings: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
@@ -269,14 +279,20 @@ impl EventStore {
             .and_then(|v| Event::encoded_sig(&v).and_then(|s| s.try_into().ok())))
     }
 
+    /// The current page generation; read it before looking ids up for [`EventStore::write_page`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn contains(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
         Ok(self.db.get_pinned_cf(self.cf(CF_EVENTS), id)?.is_some())
     }
 
     /// Store one page atomically: `events` (verified, or already stored) seen on `relay` at
-    /// `seen_at`. `known[i]` says event i was found stored when it was read (its existence
-    /// check is skipped; everything else is re-checked under the write lock, so two relays
-    /// delivering the same new event at once store it once). Returns only after the batch is
+    /// `seen_at`. `known[i]` says event i was found stored when the caller looked it up, at
+    /// generation `observed` ([`EventStore::generation`]). Events not known are re-checked
+    /// under the write lock unless no page was committed since `observed`, so two relays
+    /// delivering the same new event at once store it once. Returns only after the batch is
     /// durable (see the module invariants).
     pub fn write_page(
         &self,
@@ -284,11 +300,13 @@ impl EventStore {
         seen_at: u64,
         events: &[Event],
         known: &[bool],
+        observed: Option<u64>,
     ) -> Result<WriteStats, StoreError> {
         if events.is_empty() {
             return Ok(WriteStats::default());
         }
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let lookups_current = observed == Some(self.generation.load(Ordering::Acquire));
         let (cf_events, cf_seen, cf_time) =
             (self.cf(CF_EVENTS), self.cf(CF_SEEN), self.cf(CF_BY_TIME));
         let mut batch = WriteBatch::default();
@@ -303,7 +321,9 @@ impl EventStore {
             let mut seen_key = [0u8; 36];
             seen_key[..32].copy_from_slice(&ev.id);
             seen_key[32..].copy_from_slice(&relay.to_be_bytes());
-            let is_new = !was_known && !in_batch.contains(&ev.id) && !self.contains(&ev.id)?;
+            let is_new = !was_known
+                && !in_batch.contains(&ev.id)
+                && (lookups_current || !self.contains(&ev.id)?);
             if is_new {
                 in_batch.insert(ev.id);
                 batch.put_cf(cf_events, ev.id, ev.encode());
@@ -341,6 +361,7 @@ impl EventStore {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         self.db.write_opt(batch, &wo)?;
+        self.generation.fetch_add(1, Ordering::Release);
         self.next_ingest.store(ingest, Ordering::Relaxed);
         self.next_spool.store(spool, Ordering::Relaxed);
         self.events.store(events_total, Ordering::Relaxed);
@@ -559,7 +580,7 @@ mod tests {
         {
             let s = open(dir.path(), true);
             let st = s
-                .write_page(1, 100, &[ev(1, 10), ev(2, 20), ev(1, 10)], &[])
+                .write_page(1, 100, &[ev(1, 10), ev(2, 20), ev(1, 10)], &[], None)
                 .unwrap();
             assert_eq!(
                 st,
@@ -568,7 +589,7 @@ mod tests {
                     new_sightings: 2
                 }
             );
-            let st = s.write_page(2, 200, &[ev(1, 10)], &[]).unwrap();
+            let st = s.write_page(2, 200, &[ev(1, 10)], &[], None).unwrap();
             assert_eq!(
                 st,
                 WriteStats {
@@ -576,7 +597,7 @@ mod tests {
                     new_sightings: 1
                 }
             );
-            let st = s.write_page(2, 300, &[ev(1, 10)], &[]).unwrap();
+            let st = s.write_page(2, 300, &[ev(1, 10)], &[], None).unwrap();
             assert_eq!(st, WriteStats::default());
             assert_eq!(s.sightings(&[1; 32]).unwrap(), vec![(1, 100), (2, 200)]);
             assert_eq!(s.stored_sig(&[2; 32]).unwrap(), Some([2; 64]));
@@ -587,7 +608,7 @@ mod tests {
         assert_eq!((c.events, c.sightings, c.spool_depth), (2, 3, 3));
         assert_eq!(s.get(&[2; 32]).unwrap(), Some(ev(2, 20)));
         // The ingest log continues after reopen instead of overwriting.
-        s.write_page(1, 400, &[ev(3, 5)], &[]).unwrap();
+        s.write_page(1, 400, &[ev(3, 5)], &[], None).unwrap();
         let log = s.ingest_after(None, 10).unwrap();
         assert_eq!(
             log.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
@@ -598,11 +619,48 @@ mod tests {
     }
 
     #[test]
+    fn stale_lookups_are_rechecked_under_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), false);
+        // Two relays looked event 1 up before either stored it.
+        let seen_by_both = s.generation();
+        let a = s
+            .write_page(1, 10, &[ev(1, 5)], &[false], Some(seen_by_both))
+            .unwrap();
+        let b = s
+            .write_page(2, 11, &[ev(1, 5)], &[false], Some(seen_by_both))
+            .unwrap();
+        assert_eq!(a.new_events, 1);
+        assert_eq!(
+            b,
+            WriteStats {
+                new_events: 0,
+                new_sightings: 1
+            },
+            "stored once, seen twice"
+        );
+        assert_eq!(s.counters().events, 1);
+        // A current generation lets a genuinely new event skip the re-check and still be stored.
+        let now = s.generation();
+        let c = s
+            .write_page(1, 12, &[ev(2, 6)], &[false], Some(now))
+            .unwrap();
+        assert_eq!(c.new_events, 1);
+        assert_eq!(s.ingest_after(None, 10).unwrap().len(), 2);
+    }
+
+    #[test]
     fn time_scan_is_ordered_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), false);
-        s.write_page(1, 1, &[ev(5, 30), ev(4, 10), ev(6, 20), ev(7, 20)], &[])
-            .unwrap();
+        s.write_page(
+            1,
+            1,
+            &[ev(5, 30), ev(4, 10), ev(6, 20), ev(7, 20)],
+            &[],
+            None,
+        )
+        .unwrap();
         let mut seen = Vec::new();
         s.scan_time(15, 25, |e| {
             seen.push((e.created_at, e.id[0]));
@@ -617,8 +675,9 @@ mod tests {
     fn spool_entries_are_written_with_the_event_and_acked_after() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), true);
-        s.write_page(1, 50, &[ev(1, 10), ev(2, 11)], &[]).unwrap();
-        s.write_page(2, 60, &[ev(1, 10)], &[]).unwrap();
+        s.write_page(1, 50, &[ev(1, 10), ev(2, 11)], &[], None)
+            .unwrap();
+        s.write_page(2, 60, &[ev(1, 10)], &[], None).unwrap();
         let recs = s.spool_peek(10).unwrap();
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[0].1[0], SPOOL_EVENT);
@@ -636,7 +695,7 @@ mod tests {
     fn corrupt_record_is_quarantined_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path(), false);
-        s.write_page(1, 1, &[ev(1, 10)], &[]).unwrap();
+        s.write_page(1, 1, &[ev(1, 10)], &[], None).unwrap();
         s.db.put_cf(s.cf(CF_EVENTS), [1u8; 32], b"garbage").unwrap();
         assert_eq!(s.get(&[1; 32]).unwrap(), None);
         assert_eq!(s.counters().quarantined, 1);

@@ -83,6 +83,9 @@ pub fn ingest(
         ..PageResult::default()
     };
     let mut events: Vec<Event> = Vec::with_capacity(frames.len());
+    // Read before any lookup: lets write_page trust our "not stored" answers if nothing was
+    // committed in between.
+    let generation = store.generation();
     let mut distinct: HashSet<[u8; 32]> = HashSet::with_capacity(frames.len());
     let mut pubkeys = PubkeyCache::default();
     let mut known: Vec<bool> = Vec::with_capacity(frames.len());
@@ -135,7 +138,7 @@ pub fn ingest(
         events.push(ev);
         known.push(is_known);
     }
-    res.write = store.write_page(relay, seen_at, &events, &known)?;
+    res.write = store.write_page(relay, seen_at, &events, &known, Some(generation))?;
     Ok(res)
 }
 
