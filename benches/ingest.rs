@@ -133,7 +133,7 @@ fn ceiling(events: &[Event]) -> f64 {
 
 async fn bench_ingest() {
     let n = env_usize("BENCH_EVENTS", 40_000);
-    let rounds = env_usize("BENCH_ROUNDS", 3);
+    let rounds = env_usize("BENCH_ROUNDS", 5);
     let t0 = 1_700_000_000u64;
     let events = sign_all(n, 50, |i| t0 + (i as u64 * 13) % (n as u64 * 2));
     let (_relay, url) = local_relay(&events, None).await;
@@ -141,7 +141,7 @@ async fn bench_ingest() {
     // mercy of whatever else the shared machine is doing in those seconds.
     let mut ratios = Vec::new();
     for round in 0..rounds {
-        let ceil = ceiling(&events);
+        let before = ceiling(&events);
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
         let mut cmd = wrapped(BIN);
@@ -159,6 +159,9 @@ async fn bench_ingest() {
             .expect("join");
         let wall = wall.elapsed();
         assert!(ok, "sync failed");
+        // The ceiling measured right before and right after the node ran, averaged: this
+        // machine's CPU speed drifts by tens of percent within seconds.
+        let ceil = (before + ceiling(&events)) / 2.0;
         let rate = n as f64 / cpu.as_secs_f64();
         println!(
             "verified ingest round {round}: {n} events, node {rate:.0} events/CPU-s (CPU {:.2} s, wall {:.2} s), ceiling {ceil:.0} verifies/CPU-s, ratio {:.2}",
@@ -170,8 +173,10 @@ async fn bench_ingest() {
     }
     ratios.sort_by(f64::total_cmp);
     println!(
-        "  ratio (median of {rounds}): {:.2}x of the ceiling (goal >= 0.70)",
-        ratios[ratios.len() / 2]
+        "  ratio: median {:.2}x of the ceiling over {rounds} rounds (range {:.2}-{:.2}; goal >= 0.70)",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
 }
 
