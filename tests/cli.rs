@@ -144,3 +144,38 @@ fn status_json_has_the_documented_fields() {
     }
     assert_eq!(v["events_stored"], 0);
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let node = Node::new("[log]\nformat = \"json\"\n");
+    // Port 1 on loopback refuses the connection: one warning, one retry, then a clear failure.
+    let out = node.run(&[
+        "sync",
+        "--relay",
+        "ws://127.0.0.1:1",
+        "--once",
+        "--retries",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let logs: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("each log line is JSON"))
+        .collect();
+    assert!(!logs.is_empty(), "no JSON log line in {err}");
+    assert_eq!(logs[0]["level"], "WARN");
+    assert!(
+        logs[0]["fields"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("127.0.0.1:1"),
+        "{}",
+        logs[0]
+    );
+    assert!(
+        err.lines().last().unwrap_or("").starts_with("error: "),
+        "final line names the failure: {err}"
+    );
+}

@@ -1,5 +1,9 @@
 //! One relay's synchronization: complete backfill by passes, then a live subscription.
 //!
+//! Invariant 4 is kept here too: before every page, [`SyncContext::pause_reason`] checks the
+//! spool quota and free disk; when either is exhausted syncing pauses (the relays keep the
+//! events, nothing stored is dropped) and resumes when there is room.
+//!
 //! Invariant 2 is kept here: a relay's cursor moves only past a window proven complete, and only
 //! after the events of that window are durable (`EventStore::write_page` returns after the
 //! batch is in the WAL; the cursor is written to SQLite after that).
