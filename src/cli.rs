@@ -365,13 +365,19 @@ fn cmd_sync(cfg: Config, relay: &str, once: bool, retries: u32) -> Result<ExitCo
                         return Ok(ExitCode::FAILURE);
                     }
                     println!(
-                        "{url}: history archived completely; received {} events, {} new",
-                        out.received, out.new_events
+                        "{url}: history archived completely; received {} events, {} new, {} refused (invalid or over a size cap)",
+                        out.received, out.new_events, out.refused
                     );
                     stores.state.record_success(id, 0)?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                Ok(_) => attempts = 0,
+                Ok(_) => {
+                    attempts = 0;
+                    // Between turns (and while paused for disk or spool): never a tight loop.
+                    if shutdown.sleep(Duration::from_secs(cfg.sync.backoff_min_secs)).await {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
                 Err(sync::SyncError::Shutdown) => {
                     stores.events.flush()?;
                     eprintln!("{url}: interrupted");

@@ -359,3 +359,41 @@ async fn pages_full_of_invalid_events_still_advance_by_their_claimed_time() {
         relay.reqs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_answers_never_end_a_pass_early() {
+    let authors = keys(3);
+    // The newest 150 events are all visible, so the first page is full (the node learns the
+    // clamp, 100); below them every 5th event is hidden, so later pages come back ~20% short
+    // although older events exist. A "shorter than the learned clamp = done" rule would stop
+    // after the second page.
+    let events: Vec<RawEvent> = (0..750)
+        .map(|i| {
+            let hide = i % 5 == 0 && i < 600;
+            let content = if hide {
+                format!("hidden {i}")
+            } else {
+                format!("shown {i}")
+            };
+            sign_event(&authors[i % 3], T0 + i as u64, 1, vec![], &content)
+        })
+        .collect();
+    let shown: Vec<RawEvent> = events
+        .iter()
+        .filter(|e| e.content.starts_with("shown"))
+        .cloned()
+        .collect();
+    let relay = HostileRelay::start(
+        events,
+        Options {
+            clamp: 100,
+            hide_after_limit: Some("hidden".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_ids(&node.exported_ids(), &ids(&shown));
+}

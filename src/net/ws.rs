@@ -102,10 +102,13 @@ impl WsConnection {
     }
 
     pub async fn ping(&mut self) -> Result<(), WsError> {
-        self.stream
-            .send(Message::Ping(Vec::new().into()))
-            .await
-            .map_err(|e| WsError::Protocol(e.to_string()))
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.stream.send(Message::Ping(Vec::new().into())),
+        )
+        .await
+        .map_err(|_| WsError::Timeout(Duration::from_secs(10)))?
+        .map_err(|e| WsError::Protocol(e.to_string()))
     }
 
     pub async fn close(mut self) {

@@ -154,6 +154,13 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Is `text` an EVENT frame for subscription `sub`? `prefix` is `["EVENT","<sub>",`: the
+/// compact spelling is checked without parsing, any other spelling by a full parse.
+pub fn is_event_for(text: &str, prefix: &str, sub: &str) -> bool {
+    text.starts_with(prefix)
+        || matches!(parse_relay_message(text), Ok(RelayMessage::Event { sub: ref s, .. }) if s == sub)
+}
+
 /// The machine-readable prefix of an OK/CLOSED/NOTICE message (`rate-limited`, `auth-required`,
 /// `duplicate`, `pow`, `blocked`, `invalid`, `restricted`, `mute`, `error`, ...), if any.
 pub fn reason_prefix(message: &str) -> Option<&str> {

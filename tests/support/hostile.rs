@@ -260,6 +260,10 @@ pub struct Options {
     /// If set, answer every REQ with `["CLOSED",sub,reason]` and nothing else
     /// (no NOTICE flood, no events, no EOSE).
     pub closed_reason: Option<String>,
+    /// Withhold every answered event whose content starts with this string, after the limit
+    /// was applied (as relays do with expired, deleted or auth-hidden events): answers come
+    /// back shorter than the clamp although more events exist.
+    pub hide_after_limit: Option<String>,
 }
 
 impl Default for Options {
@@ -273,6 +277,7 @@ impl Default for Options {
             outside_filter: Vec::new(),
             oversized_frame: None,
             count: true,
+            hide_after_limit: None,
             closed_reason: None,
         }
     }
@@ -731,9 +736,15 @@ impl Conn {
         }
         let store = shared.snapshot();
         let answer = select_events(&store, &filters, opts.clamp);
+        let hidden = |e: &&RawEvent| {
+            opts.hide_after_limit
+                .as_deref()
+                .is_some_and(|h| e.content.starts_with(h))
+        };
         for event in answer
             .into_iter()
             .map(|i| &store[i])
+            .filter(|e| !hidden(e))
             .chain(opts.outside_filter.iter())
         {
             if let Flow::Drop = self.send_event(&sub, event).await? {

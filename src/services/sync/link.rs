@@ -32,6 +32,10 @@ pub enum LinkError {
     PageTooLarge(usize),
 }
 
+/// Most ids one negentropy reconciliation may ask for; beyond it the relay is treated as not
+/// offering NIP-77 for this window (memory bound against a relay that keeps answering).
+const MAX_NEGENTROPY_NEED: usize = 100_000;
+
 /// The raw answer to one REQ.
 #[derive(Debug, Default)]
 pub struct RawPage {
@@ -119,8 +123,11 @@ impl Link {
     /// Wait for the OK to our AUTH (bounded), so a retried REQ is not refused again.
     async fn await_auth_ok(&mut self, deadline: tokio::time::Instant) -> Result<(), LinkError> {
         while !self.authed {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let text = self.conn.recv(left).await?;
+            let Some(text) = self.next_before(deadline).await? else {
+                return Err(LinkError::AuthRequired(
+                    "no OK to our AUTH before the deadline".into(),
+                ));
+            };
             if let Ok(msg) = parse_relay_message(&text) {
                 if let RelayMessage::Ok {
                     accepted, message, ..
@@ -158,7 +165,8 @@ impl Link {
                     return Err(LinkError::PageTimeout(self.page_timeout));
                 };
                 // Fast path: our events are the bulk of the traffic; defer parsing to ingest.
-                if text.starts_with(&event_prefix) {
+                // Event frames in any other spelling are recognized by a full parse below.
+                if crate::protocol::message::is_event_for(&text, &event_prefix, &sub) {
                     bytes += text.len();
                     if bytes > self.max_page_bytes {
                         let _ = self.conn.send(&ClientMessage::Close { sub }).await;
@@ -174,9 +182,6 @@ impl Link {
                     RelayMessage::Eose { sub: s } if s == sub => {
                         let _ = self.conn.send(&ClientMessage::Close { sub }).await;
                         return Ok(page);
-                    }
-                    RelayMessage::Event { sub: s, .. } if s == sub => {
-                        page.frames.push(text.clone())
                     }
                     RelayMessage::Closed { sub: s, message } if s == sub => {
                         match reason_prefix(&message) {
@@ -286,6 +291,11 @@ impl Link {
                         Err(_) => return Ok(None),
                     };
                     need.extend(need_ids.iter().map(|id| id.to_bytes()));
+                    if need.len() > MAX_NEGENTROPY_NEED {
+                        // Not a saturated second any more: not what this tool is for.
+                        let _ = self.conn.send(&ClientMessage::NegClose { sub }).await;
+                        return Ok(None);
+                    }
                     match next {
                         Some(m) => {
                             self.conn
@@ -324,8 +334,13 @@ impl Link {
         &mut self,
         deadline: tokio::time::Instant,
     ) -> Result<Option<String>, LinkError> {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match self.conn.recv(left).await {
+        // Checked explicitly: a relay that never stops sending (NOTICE floods, other
+        // subscriptions) would otherwise keep a ready frame ahead of the timer forever.
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        match self.conn.recv(deadline - now).await {
             Err(WsError::Timeout(_)) => Ok(None),
             other => Ok(Some(other?)),
         }

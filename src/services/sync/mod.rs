@@ -29,6 +29,21 @@ pub fn backoff_secs(failures: i64, min: u64, max: u64) -> i64 {
     (base * jitter).round().max(1.0) as i64
 }
 
+/// Marks a relay as having a session; unmarks it on drop (normal end or panic).
+struct Running {
+    set: Arc<Mutex<HashSet<u32>>>,
+    id: u32,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// Run the synchronizer until shutdown.
 pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_relays));
@@ -75,14 +90,20 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(row.id);
+            // Removes the relay from `running` even if the session panics.
+            let guard = Running {
+                set: running.clone(),
+                id: row.id,
+            };
             started += 1;
             let ctx2 = ctx.clone();
-            let running2 = running.clone();
             tasks.spawn(async move {
                 let result = session::run(&ctx2, row.id, &url, Mode::Turn).await;
                 let state = &ctx2.stores.state;
                 let recorded = match &result {
-                    Ok(_) => state.record_success(row.id, 0),
+                    // A short pause between turns: a relay that closes our live subscription
+                    // at once must not be reconnected in a tight loop.
+                    Ok(_) => state.record_success(row.id, ctx2.cfg.backoff_min_secs as i64),
                     Err(SyncError::Shutdown) => Ok(()),
                     Err(e) => {
                         let failures = state.failures(row.id).unwrap_or(0) + 1;
@@ -101,7 +122,7 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                 if let Err(e) = recorded {
                     tracing::error!(relay = %url, error = %e, "cannot record sync result");
                 }
-                running2.lock().unwrap_or_else(|p| p.into_inner()).remove(&row.id);
+                drop(guard);
                 drop(permit);
             });
         }

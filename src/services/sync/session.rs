@@ -119,7 +119,12 @@ pub struct Outcome {
     pub unproven: Vec<(u64, String)>,
     pub received: u64,
     pub new_events: u64,
+    /// Events refused: malformed, over a size cap, wrong id or bad signature.
+    pub refused: u64,
 }
+
+/// Unproven seconds re-tried at the start of one session.
+const MAX_UNPROVEN_RETRIES: usize = 16;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -254,29 +259,28 @@ impl Session<'_> {
             limit: Some(self.limit),
             ..Filter::default()
         };
-        let res = match self.fetch(vec![filter.clone()], Some(filter)).await {
-            Err(SyncError::Link(LinkError::PageTooLarge(max))) if self.limit > 1 => {
-                // Big events: ask for fewer per page so one page fits the memory budget.
-                self.limit = (self.limit / 2).max(1);
-                tracing::info!(
-                    relay = self.relay,
-                    max_page_bytes = max,
-                    limit = self.limit,
-                    "page too large; lowering limit"
-                );
-                return Ok(false);
-            }
-            other => other?,
-        };
-        // `n` (valid, in-window, distinct) is a lower bound of what the relay answered and
-        // `received` (every frame, junk included) an upper bound. The learned cap grows only
-        // from the lower bound, and the "relay had room" proof needs the upper bound below it:
-        // invalid or ephemeral events occupy answer slots too.
+        let res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        // `received` (every frame, junk included) bounds what the relay answered from above;
+        // `n` (valid, in-window, distinct) from below. The learned cap grows only from the
+        // lower bound, and "the relay had room" needs the upper bound below it, since invalid
+        // or ephemeral events occupy answer slots too.
         let n = res.matching.len() as u64;
-        let proven_rest = res.received == 0
-            || (self.seen_cap > 0 && res.received < self.limit.min(self.seen_cap));
+        let had_room = self.seen_cap > 0 && res.received < self.limit.min(self.seen_cap);
         self.seen_cap = self.seen_cap.max(n);
-        let done = if proven_rest {
+        let done = if res.oldest_answered.is_none() {
+            // Nothing inside the window: only an empty answer proves the rest of it (a short
+            // one does not: relays drop events after applying the limit, e.g. expired, deleted
+            // or hidden without AUTH). Events outside the window (NIP-01 lets relays send them)
+            // are stored and otherwise ignored, so an answer of only those counts as empty. A
+            // relay that ignored since/until would end the pass here, as would any relay that
+            // sends EOSE early: an answer can only be checked against the protocol, not proven.
+            if res.received > 0 {
+                tracing::debug!(
+                    relay = self.relay,
+                    frames = res.received,
+                    "answer held only events outside the window"
+                );
+            }
             true
         } else {
             let m = res.oldest_answered.unwrap_or(frontier);
@@ -284,8 +288,11 @@ impl Session<'_> {
                 cur.pass_frontier = Some(m);
                 false
             } else {
-                let at_s: Vec<Matched> = res.matching.clone();
-                self.resolve_second(frontier, at_s).await?;
+                // The whole answer sits in one second. If the relay had room for more, that
+                // second is all there is; otherwise it may be saturated and must be proven.
+                if !had_room {
+                    self.resolve_second(frontier, res.matching.clone()).await?;
+                }
                 if frontier <= floor {
                     true
                 } else {
@@ -312,14 +319,27 @@ impl Session<'_> {
         filters: Vec<Filter>,
         matching: Option<Filter>,
     ) -> Result<PageResult, SyncError> {
-        let _slot = self
-            .ctx
-            .page_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SyncError::Shutdown)?;
-        let raw = self.link.request(filters).await?;
+        let _slot = self.page_slot().await?;
+        let mut filters = filters;
+        let raw = loop {
+            match self.link.request(filters.clone()).await {
+                Err(LinkError::PageTooLarge(max)) if self.limit > 1 => {
+                    // Big events: ask for fewer per page so one page fits the memory budget
+                    // (the lowered limit is used for the rest of the session).
+                    self.limit = (self.limit / 2).max(1);
+                    for f in &mut filters {
+                        f.limit = f.limit.map(|l| l.min(self.limit));
+                    }
+                    tracing::info!(
+                        relay = self.relay,
+                        max_page_bytes = max,
+                        limit = self.limit,
+                        "page too large; lowering limit"
+                    );
+                }
+                other => break other?,
+            }
+        };
         let store = self.ctx.stores.events.clone();
         let limits = self.ctx.limits;
         let relay = self.relay;
@@ -344,12 +364,31 @@ impl Session<'_> {
         st.verified.fetch_add(res.verified, Ordering::Relaxed);
         self.outcome.received += res.received;
         self.outcome.new_events += res.write.new_events;
+        self.outcome.refused += res.invalid;
         Ok(res)
+    }
+
+    /// One of the node-wide page slots, held while a page is buffered and stored.
+    async fn page_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SyncError> {
+        self.ctx
+            .page_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| SyncError::Shutdown)
     }
 
     /// Re-try seconds recorded as unproven in earlier sessions (a relay may have gained NIP-77).
     async fn retry_unproven(&mut self) -> Result<(), SyncError> {
-        for (second, _) in self.ctx.stores.state.unproven(self.relay)? {
+        // Nothing can prove a second on a relay known to offer neither NIP-77 nor COUNT.
+        if self.caps.supports_negentropy == Some(false) && self.caps.supports_count == Some(false) {
+            return Ok(());
+        }
+        // Bounded per session: the newest few, so one relay's backlog cannot eat every turn.
+        let mut pending = self.ctx.stores.state.unproven(self.relay)?;
+        pending.reverse();
+        pending.truncate(MAX_UNPROVEN_RETRIES);
+        for (second, _) in pending {
             let filter = Filter {
                 since: Some(second),
                 until: Some(second),
@@ -370,7 +409,14 @@ impl Session<'_> {
             until: Some(s),
             ..Filter::default()
         };
-        let chunk = self.limit.min(self.seen_cap.max(1)).max(1) as usize;
+        // Ids per REQ: within what the relay has shown it answers (100 when nothing is known
+        // yet); a chunk it clamps anyway leaves ids missing, which is recorded, not hidden.
+        let known_cap = if self.seen_cap > 0 {
+            self.seen_cap
+        } else {
+            100
+        };
+        let chunk = self.limit.min(known_cap).max(1) as usize;
         let state = self.ctx.stores.state.clone();
 
         // 1. NIP-77: the exact set difference in a few round trips.
@@ -523,6 +569,9 @@ impl Session<'_> {
         let idle = Duration::from_secs(self.ctx.cfg.idle_timeout_secs);
         let mut buf: Vec<String> = Vec::new();
         let mut last_flush = tokio::time::Instant::now();
+        // Last time anything arrived or a ping went out: a quiet relay is pinged once per idle
+        // period, not once per second.
+        let mut last_activity = tokio::time::Instant::now();
         loop {
             let now_i = tokio::time::Instant::now();
             if now_i >= end || self.ctx.shutdown.is_triggered() {
@@ -534,8 +583,13 @@ impl Session<'_> {
                 r = self.link.recv_live(wait) => r?,
                 _ = shutdown.wait() => None,
             };
+            if next.is_some() {
+                last_activity = tokio::time::Instant::now();
+            }
             match next {
-                Some(text) if text.starts_with(&prefix) => buf.push(text),
+                Some(text) if crate::protocol::message::is_event_for(&text, &prefix, &sub) => {
+                    buf.push(text)
+                }
                 Some(text) => {
                     if text.starts_with("[\"CLOSED\"") && text.contains(&sub) {
                         break;
@@ -543,8 +597,9 @@ impl Session<'_> {
                     self.link.handle_side(&text).await?;
                 }
                 None => {
-                    if last_flush.elapsed() >= idle {
+                    if last_activity.elapsed() >= idle {
                         self.link.ping().await?;
+                        last_activity = tokio::time::Instant::now();
                     }
                 }
             }
@@ -566,13 +621,7 @@ impl Session<'_> {
         if frames.is_empty() {
             return Ok(());
         }
-        let _slot = self
-            .ctx
-            .page_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SyncError::Shutdown)?;
+        let _slot = self.page_slot().await?;
         let store = self.ctx.stores.events.clone();
         let limits = self.ctx.limits;
         let relay = self.relay;
