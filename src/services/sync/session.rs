@@ -12,13 +12,15 @@
 //! `(done_until, pass_top]` top-down with `REQ {since, until: frontier, limit: L}`. NIP-01 answers
 //! newest first, so whatever the relay's silent clamp, an answer whose oldest matching event is at
 //! second `m < frontier` proves `(m, frontier]` complete: the frontier moves to `m` (the events at
-//! `m` itself are asked again, which costs a few duplicates, not 4x). An empty answer proves the
-//! rest of the window. An answer smaller than both the asked limit and the largest answer this
-//! relay gave in this session also proves the rest (the relay had room and nothing more); that
-//! comparison counts every frame received (invalid ones occupy answer slots too), while the
-//! learned size only ever counts valid matching events.
+//! `m` itself are asked again, which costs a few duplicates, not 4x). The oldest answered time
+//! counts every event the relay sent inside the window, invalid ones included: the relay ranked
+//! its answer by them. Only an empty answer proves the rest of the window; a short one does not,
+//! because relays drop events after applying the limit (expired, deleted, hidden without AUTH).
 //! An answer entirely inside one second `s` may be a saturated second: more events share `s` than
-//! the relay returns at once. It is resolved by NIP-77 negentropy where the relay speaks it, else
+//! the relay returns at once. If the answer is smaller than both the asked limit and the largest
+//! answer this relay gave in this session (counting every frame received, since invalid ones
+//! occupy answer slots too, while the learned size counts only valid matching events), the relay
+//! had room and `s` is all there is. It is resolved by NIP-77 negentropy where the relay speaks it, else
 //! by narrowing the second by author and kind and checking the union against an exact NIP-45
 //! COUNT. A second that cannot be proven is recorded in `unproven_second` and never reported
 //! complete; the frontier moves past it so the rest of history is still archived.
