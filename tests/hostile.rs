@@ -27,6 +27,13 @@ fn ids(evs: &[RawEvent]) -> std::collections::BTreeSet<String> {
     evs.iter().map(|e| e.id.clone()).collect()
 }
 
+/// `sync --once` succeeds and the store then holds exactly `want`.
+async fn archives_completely(node: &Node, url: &str, want: &std::collections::BTreeSet<String>) {
+    let out = node.sync_once(url).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_ids(&node.exported_ids(), want);
+}
+
 fn fast_node() -> Node {
     Node::new("[sync]\npage_timeout_secs = 3\n")
 }
@@ -48,9 +55,7 @@ async fn forged_signatures_and_wrong_ids_are_never_stored() {
     served.extend(wrong.iter().cloned());
     let relay = HostileRelay::start(served, Options::default()).await;
     let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&good));
+    archives_completely(&node, &relay.url(), &ids(&good)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +83,7 @@ async fn escape_heavy_content_keeps_its_nip01_id() {
         .collect();
     let relay = HostileRelay::start(events.clone(), Options::default()).await;
     let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&events));
+    archives_completely(&node, &relay.url(), &ids(&events)).await;
     let export = stdout(&node.run(&["events", "export"]));
     for (line, ev) in export.lines().zip(events.iter()) {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
@@ -324,9 +327,7 @@ async fn pages_of_big_events_stay_within_the_memory_budget() {
         .collect();
     let relay = HostileRelay::start(events.clone(), Options::default()).await;
     let node = Node::new("[sync]\nmax_page_mb = 1\npage_timeout_secs = 5\n");
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&events));
+    archives_completely(&node, &relay.url(), &ids(&events)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,9 +350,7 @@ async fn pages_full_of_invalid_events_still_advance_by_their_claimed_time() {
     )
     .await;
     let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&good));
+    archives_completely(&node, &relay.url(), &ids(&good)).await;
     // Pages advance by the answered events' time, not one second per request.
     assert!(
         relay.reqs() < 40,
@@ -393,7 +392,5 @@ async fn short_answers_never_end_a_pass_early() {
     )
     .await;
     let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&shown));
+    archives_completely(&node, &relay.url(), &ids(&shown)).await;
 }
