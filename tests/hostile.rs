@@ -394,3 +394,23 @@ async fn short_answers_never_end_a_pass_early() {
     let node = fast_node();
     archives_completely(&node, &relay.url(), &ids(&shown)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nip11_max_limit_lowers_the_page_limit() {
+    let events = raw_notes(300, &keys(2), |i| T0 + i as u64);
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            nip11: Some(r#"{"name":"hostile","limitation":{"max_limit":"40"}}"#.into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    archives_completely(&node, &relay.url(), &ids(&events)).await;
+    assert_eq!(
+        relay.max_limit_asked(),
+        40,
+        "pages ask for NIP-11 max_limit, not 500"
+    );
+}

@@ -74,6 +74,8 @@ const SCHEMA: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (service, key)
     );",
+    // version 2: when the NIP-11 document (max_limit) was last fetched
+    "ALTER TABLE relay ADD COLUMN nip11_checked_at INTEGER;",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +115,10 @@ pub struct SyncProgress {
 /// Per-relay capabilities learned while syncing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RelayCaps {
+    /// NIP-11 `limitation.max_limit` as last fetched (a hint: advertised is not actual).
     pub max_limit: Option<u64>,
+    /// When the NIP-11 document was last fetched, unix seconds.
+    pub nip11_checked_at: Option<i64>,
     pub supports_count: Option<bool>,
     pub supports_negentropy: Option<bool>,
 }
@@ -278,13 +283,14 @@ impl State {
 
     pub fn caps(&self, id: u32) -> Result<RelayCaps, StateError> {
         Ok(self.conn().query_row(
-            "SELECT max_limit, supports_count, supports_negentropy FROM relay WHERE id = ?1",
+            "SELECT max_limit, supports_count, supports_negentropy, nip11_checked_at FROM relay WHERE id = ?1",
             [id],
             |r| {
                 Ok(RelayCaps {
                     max_limit: r.get::<_, Option<i64>>(0)?.map(|v| v.max(1) as u64),
                     supports_count: r.get(1)?,
                     supports_negentropy: r.get(2)?,
+                    nip11_checked_at: r.get(3)?,
                 })
             },
         )?)
@@ -292,8 +298,15 @@ impl State {
 
     pub fn set_caps(&self, id: u32, caps: &RelayCaps) -> Result<(), StateError> {
         self.conn().execute(
-            "UPDATE relay SET max_limit = ?2, supports_count = ?3, supports_negentropy = ?4 WHERE id = ?1",
-            params![id, caps.max_limit.map(|v| v as i64), caps.supports_count, caps.supports_negentropy],
+            "UPDATE relay SET max_limit = ?2, supports_count = ?3, supports_negentropy = ?4,
+                nip11_checked_at = ?5 WHERE id = ?1",
+            params![
+                id,
+                caps.max_limit.map(|v| v as i64),
+                caps.supports_count,
+                caps.supports_negentropy,
+                caps.nip11_checked_at
+            ],
         )?;
         Ok(())
     }

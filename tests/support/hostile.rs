@@ -264,6 +264,8 @@ pub struct Options {
     /// was applied (as relays do with expired, deleted or auth-hidden events): answers come
     /// back shorter than the clamp although more events exist.
     pub hide_after_limit: Option<String>,
+    /// NIP-11 document served (200, application/nostr+json) to plain GETs instead of a 404.
+    pub nip11: Option<String>,
 }
 
 impl Default for Options {
@@ -278,6 +280,7 @@ impl Default for Options {
             oversized_frame: None,
             count: true,
             hide_after_limit: None,
+            nip11: None,
             closed_reason: None,
         }
     }
@@ -288,6 +291,8 @@ struct Shared {
     events: Mutex<Arc<Vec<RawEvent>>>,
     events_sent: AtomicU64,
     reqs: AtomicU64,
+    /// Largest `limit` any REQ filter asked for.
+    max_limit_asked: AtomicU64,
     connections: AtomicU64,
     panics: AtomicU64,
 }
@@ -321,6 +326,7 @@ impl HostileRelay {
             events: Mutex::new(Arc::new(events)),
             events_sent: AtomicU64::new(0),
             reqs: AtomicU64::new(0),
+            max_limit_asked: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             panics: AtomicU64::new(0),
         });
@@ -341,6 +347,11 @@ impl HostileRelay {
     }
 
     /// REQ messages received (including malformed ones).
+    /// Largest `limit` any REQ filter asked for so far.
+    pub fn max_limit_asked(&self) -> u64 {
+        self.shared.max_limit_asked.load(Ordering::SeqCst)
+    }
+
     pub fn reqs(&self) -> u64 {
         self.shared.reqs.load(Ordering::SeqCst)
     }
@@ -506,7 +517,16 @@ impl Conn {
         let key = match key {
             Some(key) if upgrade => key,
             _ => {
-                self.http_error("404 Not Found").await?;
+                match self.shared.opts.nip11.clone() {
+                    Some(doc) => {
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/nostr+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{doc}",
+                            doc.len()
+                        );
+                        self.stream.write_all(response.as_bytes()).await?;
+                    }
+                    None => self.http_error("404 Not Found").await?,
+                }
                 return Ok(false);
             }
         };
@@ -725,6 +745,9 @@ impl Conn {
             Ok(parsed) => parsed,
             Err(err) => return self.notice(&format!("invalid: {err}")).await,
         };
+        for limit in filters.iter().filter_map(|f| f.limit) {
+            shared.max_limit_asked.fetch_max(limit, Ordering::SeqCst);
+        }
         if let Some(reason) = &opts.closed_reason {
             let closed = Value::from(vec!["CLOSED", sub.as_str(), reason.as_str()]);
             self.send_text(&closed.to_string()).await?;

@@ -125,6 +125,9 @@ pub struct Outcome {
     pub refused: u64,
 }
 
+/// How often a relay's NIP-11 document is fetched again, seconds.
+const NIP11_REFRESH_SECS: i64 = 86_400;
+
 /// Unproven seconds re-tried at the start of one session.
 const MAX_UNPROVEN_RETRIES: usize = 16;
 
@@ -155,16 +158,26 @@ pub async fn run(
     url: &RelayUrl,
     mode: Mode,
 ) -> Result<Outcome, SyncError> {
-    let mut limit = ctx.cfg.page_limit;
-    let t = Duration::from_secs(5).min(ctx.dialer.timeout());
-    match crate::net::nip11::fetch(&ctx.dialer, url, t).await {
-        Ok(info) => {
-            if let Some(max) = info.limitation.max_limit.filter(|m| *m > 0) {
-                limit = limit.min(max);
+    // NIP-11 max_limit lowers the page limit; the document is fetched at most once a day.
+    let mut caps = ctx.stores.state.caps(relay)?;
+    let stale = caps
+        .nip11_checked_at
+        .is_none_or(|t| now() as i64 - t >= NIP11_REFRESH_SECS);
+    if stale {
+        let t = Duration::from_secs(5).min(ctx.dialer.timeout());
+        caps.max_limit = match crate::net::nip11::fetch(&ctx.dialer, url, t).await {
+            Ok(info) => info.limitation.max_limit.filter(|m| *m > 0),
+            Err(e) => {
+                tracing::debug!(relay = %url, error = %e, "no NIP-11 document");
+                None
             }
-        }
-        Err(e) => tracing::debug!(relay = %url, error = %e, "no NIP-11 document"),
+        };
+        caps.nip11_checked_at = Some(now() as i64);
+        ctx.stores.state.set_caps(relay, &caps)?;
     }
+    let limit = caps
+        .max_limit
+        .map_or(ctx.cfg.page_limit, |m| ctx.cfg.page_limit.min(m));
     let keys = if ctx.cfg.auth { ctx.keys.clone() } else { None };
     let page_timeout = Duration::from_secs(ctx.cfg.page_timeout_secs);
     let link = Link::connect(
@@ -176,7 +189,6 @@ pub async fn run(
         ctx.cfg.max_page_mb << 20,
     )
     .await?;
-    let caps = ctx.stores.state.caps(relay)?;
     let mut s = Session {
         ctx,
         relay,
@@ -391,6 +403,9 @@ impl Session<'_> {
         pending.reverse();
         pending.truncate(MAX_UNPROVEN_RETRIES);
         for (second, _) in pending {
+            if self.ctx.pause_reason().is_some() || self.ctx.shutdown.is_triggered() {
+                return Ok(());
+            }
             let filter = Filter {
                 since: Some(second),
                 until: Some(second),
@@ -576,7 +591,9 @@ impl Session<'_> {
         let mut last_activity = tokio::time::Instant::now();
         loop {
             let now_i = tokio::time::Instant::now();
-            if now_i >= end || self.ctx.shutdown.is_triggered() {
+            // Invariant 4 holds in live mode too: stop storing when the disk or spool is full.
+            if now_i >= end || self.ctx.shutdown.is_triggered() || self.ctx.pause_reason().is_some()
+            {
                 break;
             }
             let wait = idle.min(end - now_i).min(Duration::from_secs(1));
