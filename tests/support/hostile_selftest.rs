@@ -2,7 +2,7 @@
 
 use super::*;
 use futures_util::{SinkExt, StreamExt};
-use nostr::secp256k1::{schnorr, Message as SecpMessage, XOnlyPublicKey};
+use nostr::secp256k1::{schnorr, Message as SecpMessage, XOnlyPublicKey, SECP256K1};
 use nostr::Keys;
 use serde_json::json;
 use std::time::Instant;

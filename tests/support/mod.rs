@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod raw_event;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
