@@ -204,20 +204,6 @@ impl State {
         Ok(added)
     }
 
-    pub fn relay_id(&self, url: &str) -> Result<Option<u32>, StateError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT id FROM relay WHERE url = ?1", [url], |r| r.get(0))
-            .optional()?)
-    }
-
-    pub fn relay_url(&self, id: u32) -> Result<Option<String>, StateError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT url FROM relay WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?)
-    }
-
     pub fn relays(&self) -> Result<Vec<RelayRow>, StateError> {
         let conn = self.conn();
         let mut st = conn.prepare(
@@ -238,12 +224,6 @@ impl State {
         )?;
         let rows = st.query_map(params![at, max as i64], row_to_relay)?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn next_due_at(&self) -> Result<Option<i64>, StateError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT MIN(next_attempt_at) FROM relay", [], |r| r.get(0))?)
     }
 
     /// A session with the relay worked: reset failures, come back after `next_in` seconds.
