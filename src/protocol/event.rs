@@ -319,15 +319,6 @@ impl Event {
         .to_string()
     }
 
-    /// First value of the first tag named `name`.
-    pub fn first_tag_value(&self, name: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|t| t.first().map(String::as_str) == Some(name))
-            .and_then(|t| t.get(1))
-            .map(String::as_str)
-    }
-
     /// Compact binary form kept in the store:
     /// `[1][sig 64][pubkey 32][created_at u64 BE][kind u16 BE][tags_len u32 BE][tags JSON][content]`.
     pub fn encode(&self) -> Vec<u8> {
@@ -419,7 +410,7 @@ mod tests {
         let parsed = parse(&raw(&json), &EventLimits::default()).unwrap();
         let ev = parsed.verify().unwrap();
         assert_eq!(ev.content, "hello / wörld \u{1}");
-        assert_eq!(ev.first_tag_value("p"), Some("x"));
+        assert_eq!(ev.tags, vec![vec!["p".to_string(), "x".to_string()]]);
     }
 
     #[test]

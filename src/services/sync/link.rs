@@ -164,45 +164,53 @@ impl Link {
                 let Some(text) = self.next_before(deadline).await? else {
                     return Err(LinkError::PageTimeout(self.page_timeout));
                 };
-                // Fast path: our events are the bulk of the traffic; defer parsing to ingest.
-                // Event frames in any other spelling are recognized by a full parse below.
-                if crate::protocol::message::is_event_for(&text, &event_prefix, &sub) {
-                    bytes += text.len();
-                    if bytes > self.max_page_bytes {
-                        let _ = self.conn.send(&ClientMessage::Close { sub }).await;
-                        return Err(LinkError::PageTooLarge(self.max_page_bytes));
-                    }
-                    page.frames.push(text);
-                    continue;
-                }
-                let Ok(msg) = parse_relay_message(&text) else {
-                    continue;
-                };
-                match msg {
-                    RelayMessage::Eose { sub: s } if s == sub => {
-                        let _ = self.conn.send(&ClientMessage::Close { sub }).await;
-                        return Ok(page);
-                    }
-                    RelayMessage::Closed { sub: s, message } if s == sub => {
-                        match reason_prefix(&message) {
-                            Some("auth-required") if !retried_auth && self.keys.is_some() => {
-                                retried_auth = true;
-                                if !self.authed {
-                                    if self.challenge.is_none() {
-                                        return Err(LinkError::AuthRequired(message));
+                // Fast path: our events are the bulk of the traffic and are parsed once, by
+                // ingest. Every other frame is parsed here, once; an EVENT for our subscription
+                // in another spelling falls through to the push below.
+                if !text.starts_with(&event_prefix) {
+                    let Ok(msg) = parse_relay_message(&text) else {
+                        continue;
+                    };
+                    match msg {
+                        RelayMessage::Event { sub: s, .. } if s == sub => {}
+                        RelayMessage::Eose { sub: s } if s == sub => {
+                            let _ = self.conn.send(&ClientMessage::Close { sub }).await;
+                            return Ok(page);
+                        }
+                        RelayMessage::Closed { sub: s, message } if s == sub => {
+                            match reason_prefix(&message) {
+                                Some("auth-required") if !retried_auth && self.keys.is_some() => {
+                                    retried_auth = true;
+                                    if !self.authed {
+                                        if self.challenge.is_none() {
+                                            return Err(LinkError::AuthRequired(message));
+                                        }
+                                        self.authenticate().await?;
+                                        self.await_auth_ok(deadline).await?;
                                     }
-                                    self.authenticate().await?;
-                                    self.await_auth_ok(deadline).await?;
+                                    break; // re-send the REQ
                                 }
-                                break; // re-send the REQ
+                                Some("auth-required") => {
+                                    return Err(LinkError::AuthRequired(message))
+                                }
+                                Some("rate-limited") => {
+                                    return Err(LinkError::RateLimited(message))
+                                }
+                                _ => return Err(LinkError::Closed(message)),
                             }
-                            Some("auth-required") => return Err(LinkError::AuthRequired(message)),
-                            Some("rate-limited") => return Err(LinkError::RateLimited(message)),
-                            _ => return Err(LinkError::Closed(message)),
+                        }
+                        other => {
+                            self.side_message(other).await?;
+                            continue;
                         }
                     }
-                    other => self.side_message(other).await?,
                 }
+                bytes += text.len();
+                if bytes > self.max_page_bytes {
+                    let _ = self.conn.send(&ClientMessage::Close { sub }).await;
+                    return Err(LinkError::PageTooLarge(self.max_page_bytes));
+                }
+                page.frames.push(text);
             }
         }
     }

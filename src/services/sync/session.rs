@@ -273,7 +273,7 @@ impl Session<'_> {
             limit: Some(self.limit),
             ..Filter::default()
         };
-        let res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        let mut res = self.fetch(vec![filter.clone()], Some(filter)).await?;
         // `received` (every frame, junk included) bounds what the relay answered from above;
         // `n` (valid, in-window, distinct) from below. The learned cap grows only from the
         // lower bound, and "the relay had room" needs the upper bound below it, since invalid
@@ -305,7 +305,8 @@ impl Session<'_> {
                 // The whole answer sits in one second. If the relay had room for more, that
                 // second is all there is; otherwise it may be saturated and must be proven.
                 if !had_room {
-                    self.resolve_second(frontier, res.matching.clone()).await?;
+                    self.resolve_second(frontier, std::mem::take(&mut res.matching))
+                        .await?;
                 }
                 if frontier <= floor {
                     true
@@ -591,9 +592,7 @@ impl Session<'_> {
         let mut last_activity = tokio::time::Instant::now();
         loop {
             let now_i = tokio::time::Instant::now();
-            // Invariant 4 holds in live mode too: stop storing when the disk or spool is full.
-            if now_i >= end || self.ctx.shutdown.is_triggered() || self.ctx.pause_reason().is_some()
-            {
+            if now_i >= end || self.ctx.shutdown.is_triggered() {
                 break;
             }
             let wait = idle.min(end - now_i).min(Duration::from_secs(1));
@@ -629,6 +628,11 @@ impl Session<'_> {
             {
                 self.flush_live(std::mem::take(&mut buf)).await?;
                 last_flush = tokio::time::Instant::now();
+                // Invariant 4 holds in live mode too: stop storing when the disk or spool is
+                // full. Checked per flush (at most ~1/s), not per frame: it costs a statvfs.
+                if self.ctx.pause_reason().is_some() {
+                    break;
+                }
             }
         }
         self.flush_live(buf).await?;
