@@ -46,6 +46,8 @@ pub struct Config {
     pub finder: FinderConfig,
     pub sync: SyncConfig,
     pub spool: SpoolConfig,
+    pub upstream: UpstreamConfig,
+    pub archive: ArchiveConfig,
     /// Where the file was loaded from (`None`: the embedded default). Not a config key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -288,6 +290,63 @@ impl Default for SpoolConfig {
     }
 }
 
+/// `[upstream]`: the central archive this node ships to (through PgBouncer). Shipping is on when
+/// `database_url` is set; the password comes only from `BIGBROTR_DB_PASSWORD` or `password_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `postgres://NAME@HOST:PORT/DB` (no password). Unset: this node keeps everything locally.
+    pub database_url: Option<String>,
+    /// File holding the password (first line), when `BIGBROTR_DB_PASSWORD` is not set.
+    pub password_file: Option<PathBuf>,
+    /// Spool entries (events and sightings) per transaction (default 2000).
+    pub batch_size: usize,
+    /// How often an empty spool is looked at again (default 1 s).
+    pub poll_secs: u64,
+    /// Retry delays while the archive is unreachable: exponential with jitter (1 s .. 60 s).
+    pub retry_min_secs: u64,
+    pub retry_max_secs: u64,
+    /// Limit for connecting and for one batch (default 10 s and 120 s).
+    pub connect_timeout_secs: u64,
+    pub batch_timeout_secs: u64,
+    /// `ship --once` gives up (exit 1) after failing this long without progress (default 60 s).
+    pub give_up_secs: u64,
+    /// PEM file of CA certificates trusted for TLS to the archive, in addition to the webpki
+    /// roots (`sslmode=require` in the URL makes TLS mandatory).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            password_file: None,
+            batch_size: 2000,
+            poll_secs: 1,
+            retry_min_secs: 1,
+            retry_max_secs: 60,
+            connect_timeout_secs: 10,
+            batch_timeout_secs: 120,
+            give_up_secs: 60,
+            ca_file: None,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    pub fn enabled(&self) -> bool {
+        self.database_url.is_some()
+    }
+}
+
+/// `[archive]`: the database that `bigbrotr archive ...` administers (an owner or superuser
+/// URL). `DATABASE_URL` in the environment takes precedence.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub database_url: Option<String>,
+}
+
 impl Config {
     /// Load from `path`, or the embedded default when `path` is `None`.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -372,6 +431,47 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(bad("log.level", "must not be empty (e.g. \"info\")"));
         }
+        for (key, url) in [
+            ("upstream.database_url", &self.upstream.database_url),
+            ("archive.database_url", &self.archive.database_url),
+        ] {
+            if let Some(url) = url {
+                let parsed: tokio_postgres::Config = url
+                    .parse()
+                    .map_err(|e| bad(key, &format!("is not a PostgreSQL URL: {e}")))?;
+                if parsed.get_password().is_some() {
+                    return Err(bad(
+                        key,
+                        "contains a password; remove it and set BIGBROTR_DB_PASSWORD (or upstream.password_file)",
+                    ));
+                }
+            }
+        }
+        if !(1..=100_000).contains(&self.upstream.batch_size) {
+            return Err(bad("upstream.batch_size", "must be between 1 and 100000"));
+        }
+        for (key, v) in [
+            ("upstream.poll_secs", self.upstream.poll_secs),
+            ("upstream.retry_min_secs", self.upstream.retry_min_secs),
+            (
+                "upstream.connect_timeout_secs",
+                self.upstream.connect_timeout_secs,
+            ),
+            (
+                "upstream.batch_timeout_secs",
+                self.upstream.batch_timeout_secs,
+            ),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if self.upstream.retry_max_secs < self.upstream.retry_min_secs {
+            return Err(bad(
+                "upstream.retry_max_secs",
+                "must be >= upstream.retry_min_secs",
+            ));
+        }
         for host in &self.network.allow_hosts {
             if host.trim().is_empty() || host.contains('/') {
                 return Err(bad(
@@ -413,6 +513,22 @@ impl Config {
 
     pub fn seed_file(&self) -> Option<PathBuf> {
         self.seeder.file.as_deref().map(|p| self.resolve(p))
+    }
+
+    pub fn upstream_password_file(&self) -> Option<PathBuf> {
+        self.upstream
+            .password_file
+            .as_deref()
+            .map(|p| self.resolve(p))
+    }
+
+    pub fn upstream_ca_file(&self) -> Option<PathBuf> {
+        self.upstream.ca_file.as_deref().map(|p| self.resolve(p))
+    }
+
+    /// The spool is written when shipping is configured, or when asked for explicitly.
+    pub fn spool_enabled(&self) -> bool {
+        self.spool.enabled || self.upstream.enabled()
     }
 }
 
@@ -470,5 +586,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("xml") || err.contains("format"), "{err}");
+    }
+
+    #[test]
+    fn upstream_password_in_config_is_refused() {
+        let err = Config::parse(
+            "[upstream]\ndatabase_url = \"postgres://n1:secret@h:6432/db\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("upstream.database_url"), "{err}");
+        assert!(err.contains("BIGBROTR_DB_PASSWORD"), "{err}");
+        assert!(!err.contains("secret"), "the password is not echoed: {err}");
+        let cfg = Config::parse(
+            "[upstream]\ndatabase_url = \"postgres://n1@h:6432/db\"\n",
+            None,
+        )
+        .unwrap();
+        assert!(cfg.upstream.enabled() && cfg.spool_enabled());
+        assert!(!Config::load(None).unwrap().spool_enabled());
+        let err = Config::parse("[archive]\ndatabase_url = \"http://x\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("archive.database_url"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
-//! The node's services (the seed's names): Seeder, Finder, Synchronizer, and the supervisor that
+//! The node's services (the seed's names): Seeder, Finder, Synchronizer, Shipper, and the supervisor that
 //! runs them.
 
 pub mod finder;
 pub mod seeder;
+pub mod shipper;
 pub mod supervisor;
 pub mod sync;

@@ -53,6 +53,7 @@ const ALL_CFS: [&str; 7] = [
 const META_EVENTS: &[u8] = b"events";
 const META_SEEN: &[u8] = b"seen";
 const META_QUARANTINED: &[u8] = b"quarantined";
+const META_SHIP_REJECTED: &[u8] = b"ship_rejected";
 
 /// Spool record tags.
 pub const SPOOL_EVENT: u8 = b'E';
@@ -104,6 +105,8 @@ pub struct StoreCounters {
     pub sightings: u64,
     pub spool_depth: u64,
     pub quarantined: u64,
+    /// Spool entries the archive cannot take (e.g. text with U+0000), set aside in quarantine.
+    pub ship_rejected: u64,
 }
 
 pub struct EventStore {
@@ -123,6 +126,7 @@ pub struct EventStore {
     events: AtomicU64,
     sightings: AtomicU64,
     quarantined: AtomicU64,
+    ship_rejected: AtomicU64,
     sync_writes: bool,
     spool: bool,
     /// Opened read-only beside a running node (status, export): never writes, not even to
@@ -207,6 +211,7 @@ impl EventStore {
             events: AtomicU64::new(0),
             sightings: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            ship_rejected: AtomicU64::new(0),
             write_lock: Mutex::new(()),
             sync_writes: opts.sync_writes,
             spool: opts.spool,
@@ -240,6 +245,9 @@ impl EventStore {
         store
             .quarantined
             .store(store.meta(META_QUARANTINED)?, Ordering::Relaxed);
+        store
+            .ship_rejected
+            .store(store.meta(META_SHIP_REJECTED)?, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -483,7 +491,13 @@ impl EventStore {
 
     /// The oldest `max` spool records: (seq, record). The shipper reads these.
     pub fn spool_peek(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let it = self.db.iterator_cf(self.cf(CF_SPOOL), IteratorMode::Start);
+        // Start at the head: acked entries are range tombstones an iterator from the start
+        // would have to skip.
+        let head = self.spool_head.load(Ordering::Relaxed);
+        let it = self.db.iterator_cf(
+            self.cf(CF_SPOOL),
+            IteratorMode::From(&head.to_be_bytes(), Direction::Forward),
+        );
         let mut out = Vec::new();
         for item in it.take(max) {
             let (k, v) = item?;
@@ -517,6 +531,47 @@ impl EventStore {
         Ok(())
     }
 
+    /// Set spool entries the archive cannot take aside (quarantine, with the reason), counted.
+    /// They are removed from the spool by the next [`EventStore::spool_ack`] that covers them.
+    pub fn spool_reject(&self, rejected: &[(u64, Vec<u8>, String)]) -> Result<(), StoreError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.ship_rejected.load(Ordering::Relaxed) + rejected.len() as u64;
+        let mut batch = WriteBatch::default();
+        for (seq, rec, reason) in rejected {
+            let mut qkey = CF_SPOOL.as_bytes().to_vec();
+            qkey.push(0);
+            qkey.extend_from_slice(&seq.to_be_bytes());
+            // Sequence numbers restart at 0 once the spool is empty and the node restarts: the
+            // time keeps an earlier rejection under the same number.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            qkey.extend_from_slice(&nanos.to_be_bytes());
+            let mut value = rec.clone();
+            value.extend_from_slice(reason.as_bytes());
+            batch.put_cf(self.cf(CF_QUARANTINE), qkey, value);
+        }
+        batch.put_cf(self.cf(CF_META), META_SHIP_REJECTED, n.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        self.ship_rejected.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Seen-at time of the oldest spool entry (how far shipping lags), if any.
+    pub fn spool_oldest_seen_at(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .spool_peek(1)?
+            .first()
+            .and_then(|(_, rec)| rec.get(37..45))
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes))
+    }
+
     pub fn counters(&self) -> StoreCounters {
         StoreCounters {
             events: self.events.load(Ordering::Relaxed),
@@ -526,6 +581,7 @@ impl EventStore {
                 .load(Ordering::Relaxed)
                 .saturating_sub(self.spool_head.load(Ordering::Relaxed)),
             quarantined: self.quarantined.load(Ordering::Relaxed),
+            ship_rejected: self.ship_rejected.load(Ordering::Relaxed),
         }
     }
 

@@ -84,7 +84,7 @@ impl Stores {
             block_cache_bytes: cfg.storage.block_cache_mb << 20,
             write_buffer_bytes: cfg.storage.write_buffer_mb << 20,
             sync_writes: cfg.storage.sync_writes,
-            spool: cfg.spool.enabled,
+            spool: cfg.spool_enabled(),
         }
     }
 

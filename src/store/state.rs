@@ -214,6 +214,31 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Registry relays with `id > after`, by id (the shipper sends new ones upstream).
+    pub fn relays_after(&self, after: u32, max: usize) -> Result<Vec<RelayRow>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, url, network, source, discovered_at, status, failures, last_error,
+                    last_success_at, next_attempt_at FROM relay
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after, max as i64], row_to_relay)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One registry relay by id.
+    pub fn relay_by_id(&self, id: u32) -> Result<Option<RelayRow>, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, url, network, source, discovered_at, status, failures, last_error,
+                        last_success_at, next_attempt_at FROM relay WHERE id = ?1",
+                [id],
+                row_to_relay,
+            )
+            .optional()?)
+    }
+
     /// Relays whose next attempt is due, soonest first.
     pub fn due_relays(&self, at: i64, max: usize) -> Result<Vec<RelayRow>, StateError> {
         let conn = self.conn();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod pg;
 pub mod raw_event;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod archive;
+
 use crate::config::{Config, LogFormat};
 use crate::net::dialer::Dialer;
 use crate::protocol::url::parse_relay_url;
@@ -62,7 +64,19 @@ enum Command {
         #[command(subcommand)]
         command: RelaysCommand,
     },
-    /// Relays known/online, events stored, spool depth, per-relay sync progress
+    /// Ship the spool to the upstream archive ([upstream] database_url) without syncing
+    Ship {
+        /// Drain the spool to empty and exit: 0 when done, 1 with the reason if the archive
+        /// stays unreachable for upstream.give_up_secs
+        #[arg(long)]
+        once: bool,
+    },
+    /// The central PostgreSQL archive (connects with DATABASE_URL or [archive] database_url)
+    Archive {
+        #[command(subcommand)]
+        command: archive::ArchiveCommand,
+    },
+    /// Relays known/online, events stored, spool depth and ship lag, per-relay sync progress
     Status {
         #[arg(long)]
         json: bool,
@@ -193,6 +207,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => cmd_status(&cfg, json),
+        Command::Ship { once } => archive::cmd_ship(cfg, once),
+        Command::Archive { command } => archive::cmd_archive(&cfg, command),
     }
 }
 
@@ -238,7 +254,7 @@ fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncConte
         shutdown,
         stats: std::sync::Arc::new(SyncStats::default()),
         page_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.sync.max_pages_in_flight)),
-        spool_max: cfg.spool.enabled.then_some(cfg.spool.max_entries),
+        spool_max: cfg.spool_enabled().then_some(cfg.spool.max_entries),
         min_free_disk_mb: cfg.storage.min_free_disk_mb,
         data_dir: cfg.data_dir(),
     })
@@ -297,6 +313,16 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
             sup.spawn("synchronizer", move || {
                 let c = c.clone();
                 async move { Ok(sync::run(c).await?) }
+            });
+        }
+        if let Some(ship) = archive::ship_context(&cfg, stores.clone(), shutdown.clone())? {
+            let ship = std::sync::Arc::new(ship);
+            sup.spawn("shipper", move || {
+                let ship = ship.clone();
+                async move {
+                    crate::services::shipper::run(&ship, false).await?;
+                    Ok(())
+                }
             });
         }
         let (s, st, sd) = (stores.clone(), ctx.stats.clone(), shutdown.clone());
@@ -474,7 +500,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let online = relays.iter().filter(|r| r.status == "online").count();
     let progress = stores.state.progress()?;
     let mut services = serde_json::Map::new();
-    for name in ["finder", "synchronizer"] {
+    for name in ["finder", "synchronizer", "shipper"] {
         if let Some(h) = stores.state.get_state(name, "health")? {
             services.insert(
                 name.into(),
@@ -487,8 +513,18 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         .get_state("synchronizer", "stats")?
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(serde_json::Value::Null);
+    let ship: Option<crate::services::shipper::ShipStats> = stores
+        .state
+        .get_state("shipper", "stats")?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let oldest = stores.events.spool_oldest_seen_at()?;
+    let lag = oldest.map(|t| now_secs().saturating_sub(t));
     let v = serde_json::json!({
         "data_dir": cfg.data_dir(),
+        "upstream": cfg.upstream.enabled(),
+        "ship_lag_secs": lag,
+        "ship_rejected": counters.ship_rejected,
+        "ship": ship,
         "relays_known": relays.len(),
         "relays_online": online,
         "events_stored": counters.events,
@@ -510,6 +546,34 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         counters.events, counters.sightings
     );
     println!("spool depth:    {}", counters.spool_depth);
+    if cfg.upstream.enabled() || ship.is_some() {
+        let lag = lag.map_or("none (spool empty)".to_string(), |l| format!("{l} s"));
+        println!("ship lag:       {lag}");
+        if let Some(s) = &ship {
+            println!(
+                "shipped:        {} events ({} new), {} sightings ({} new) in {} batches to {}",
+                s.events_sent,
+                s.events_new,
+                s.sightings_sent,
+                s.sightings_new,
+                s.batches,
+                s.archive
+            );
+            if let Some(e) = &s.last_error {
+                let ok_after = s.last_ok_at.unwrap_or(0) >= s.last_error_at.unwrap_or(0);
+                println!(
+                    "last ship error: {e}{}",
+                    if ok_after { " (recovered since)" } else { "" }
+                );
+            }
+        }
+    }
+    if counters.ship_rejected > 0 {
+        println!(
+            "ship rejected:  {} spool entries the archive cannot take (in quarantine)",
+            counters.ship_rejected
+        );
+    }
     if counters.quarantined > 0 {
         println!("quarantined:    {} corrupt records", counters.quarantined);
     }
@@ -531,4 +595,10 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

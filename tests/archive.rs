@@ -1,0 +1,604 @@
+//! The central archive against a real PostgreSQL behind a real PgBouncer (transaction pooling):
+//! migrations, roles, and nodes shipping their spools through the real binary.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Output;
+
+use support::hostile::{sign_event, HostileRelay, Options, RawEvent};
+use support::pg::TestDb;
+use support::raw_event::nip01_serialize;
+use support::*;
+
+const T0: u64 = 1_710_000_000;
+
+/// `bigbrotr archive ...` as the superuser, straight to PostgreSQL.
+fn admin(db: &TestDb, dbname: &str, args: &[&str]) -> Output {
+    let node = Node::new("");
+    node.cmd()
+        .env("DATABASE_URL", db.admin_url(dbname))
+        .env_remove("BIGBROTR_DB_PASSWORD")
+        .arg("archive")
+        .args(args)
+        .output()
+        .expect("run bigbrotr archive")
+}
+
+fn migrated(db: &TestDb) -> String {
+    let name = db.create_db();
+    let out = admin(db, &name, &["migrate"]);
+    assert!(out.status.success(), "migrate: {}", stderr(&out));
+    name
+}
+
+/// `archive node add` a fresh role; returns (role, password).
+fn node_role(db: &TestDb, dbname: &str) -> (String, String) {
+    let role = db.role_name("node");
+    let out = admin(db, dbname, &["node", "add", &role]);
+    assert!(out.status.success(), "node add: {}", stderr(&out));
+    (role, password_in(&stdout(&out)))
+}
+
+fn password_in(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("BIGBROTR_DB_PASSWORD="))
+        .unwrap_or_else(|| panic!("no password printed in: {text}"))
+        .to_string()
+}
+
+/// A node shipping to `dbname` through PgBouncer as `role` (password in a 0600 file).
+fn shipping_node(db: &TestDb, dbname: &str, role: &str, password: &str, extra: &str) -> Node {
+    let pwdir = tempfile::tempdir().expect("tempdir").keep();
+    let pwfile = pwdir.join("db-password");
+    std::fs::write(&pwfile, format!("{password}\n")).expect("write password file");
+    Node::new(&format!(
+        "[upstream]\ndatabase_url = \"{}\"\npassword_file = \"{}\"\nretry_min_secs = 1\nretry_max_secs = 2\n{extra}",
+        db.bouncer_url(role, dbname),
+        pwfile.display()
+    ))
+}
+
+fn ship_once(node: &Node) -> Output {
+    node.cmd()
+        .env_remove("BIGBROTR_DB_PASSWORD")
+        .args(["ship", "--once"])
+        .output()
+        .expect("run bigbrotr ship")
+}
+
+fn archive_ids(db: &TestDb, dbname: &str) -> BTreeSet<String> {
+    db.psql(dbname, "SELECT encode(id, 'hex') FROM event")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn count(db: &TestDb, dbname: &str, sql: &str) -> u64 {
+    db.psql(dbname, sql).parse().expect("a number")
+}
+
+/// Every archived event's id recomputed from its archived fields (NIP-01): the archive holds
+/// exactly what was signed.
+fn assert_archive_faithful(db: &TestDb, dbname: &str) {
+    let rows = db.psql(
+        dbname,
+        "SELECT json_build_array(encode(id, 'hex'), encode(pubkey, 'hex'), created_at, kind, tags, content) FROM event",
+    );
+    let mut n = 0;
+    for line in rows.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("row json");
+        let tags: Vec<Vec<String>> = serde_json::from_value(v[4].clone()).expect("tags");
+        let pre = nip01_serialize(
+            v[1].as_str().unwrap(),
+            v[2].as_u64().unwrap(),
+            v[3].as_u64().unwrap() as u16,
+            &tags,
+            v[5].as_str().unwrap(),
+        );
+        use sha2::Digest;
+        let id = hex::encode(sha2::Sha256::digest(pre.as_bytes()));
+        assert_eq!(
+            id,
+            v[0].as_str().unwrap(),
+            "archived fields reproduce the id"
+        );
+        n += 1;
+    }
+    assert!(n > 0, "the archive holds events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_then_a_second_node_adds_only_sightings() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let authors = keys(4);
+    let a = notes(300, &authors, |i| T0 + i as u64 * 7);
+    let b = notes(100, &authors, |i| T0 + 5_000 + i as u64);
+    let r1 = local_relay(&a, RelayOpts::default()).await;
+    let mut on_r2: Vec<_> = a[..100].to_vec();
+    on_r2.extend(b.iter().cloned());
+    let r2 = local_relay(&on_r2, RelayOpts::default()).await;
+    let r3 = local_relay(&a[100..200], RelayOpts::default()).await;
+
+    let (role1, pw1) = node_role(db, &name);
+    let n1 = shipping_node(db, &name, &role1, &pw1, "");
+    for r in [&r1, &r2] {
+        let out = n1.sync_once(&r.url).await;
+        assert!(out.status.success(), "sync: {}", stderr(&out));
+    }
+    assert!(n1.status()["spool_depth"].as_u64().unwrap() > 0);
+    let out = ship_once(&n1);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    let mut want = ids_of(&a);
+    want.extend(ids_of(&b));
+    assert_same_ids(&archive_ids(db, &name), &want);
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 500);
+    let per_relay = db.psql(
+        &name,
+        "SELECT count(*) FROM event_relay GROUP BY relay_url ORDER BY 1",
+    );
+    assert_eq!(per_relay, "200\n300");
+    assert_eq!(n1.status()["spool_depth"], 0);
+    assert_archive_faithful(db, &name);
+
+    // Second node: a relay serving only events the archive already has.
+    let (role2, pw2) = node_role(db, &name);
+    let n2 = shipping_node(db, &name, &role2, &pw2, "");
+    let out = n2.sync_once(&r3.url).await;
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    let out = ship_once(&n2);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event"), 400);
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 600);
+    let nodes = db.psql(
+        &name,
+        &format!(
+            "SELECT name, events_sent, events_new, sightings_sent, sightings_new FROM node \
+             WHERE name IN ('{role1}', '{role2}') ORDER BY name = '{role2}'"
+        ),
+    );
+    assert_eq!(
+        nodes,
+        format!("{role1}|400|400|500|500\n{role2}|100|0|100|100"),
+        "per-node counters"
+    );
+    // The node's identity in the archive is its public key.
+    let key1 = n1.status_key();
+    assert_eq!(
+        db.psql(
+            &name,
+            &format!("SELECT encode(id, 'hex') FROM node WHERE name = '{role1}'")
+        ),
+        key1
+    );
+    // Shipping again sends nothing: the spool is empty.
+    let batches = |db: &TestDb| {
+        count(
+            db,
+            &name,
+            &format!("SELECT batches FROM node WHERE name = '{role1}'"),
+        )
+    };
+    let before = batches(db);
+    let out = ship_once(&n1);
+    assert!(out.status.success());
+    assert_eq!(batches(db), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_in_parallel_store_each_event_once() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let authors = keys(5);
+    let all = notes(800, &authors, |i| T0 + i as u64 * 3);
+    let relays = [
+        local_relay(&all[0..400], RelayOpts::default()).await,
+        local_relay(&all[200..600], RelayOpts::default()).await,
+        local_relay(&all[400..800], RelayOpts::default()).await,
+    ];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let (role, pw) = node_role(db, &name);
+        // Small batches: many interleaved, overlapping transactions.
+        let n = shipping_node(db, &name, &role, &pw, "batch_size = 40\n");
+        for r in &relays {
+            let out = n.sync_once(&r.url).await;
+            assert!(out.status.success(), "sync: {}", stderr(&out));
+        }
+        nodes.push((role, n));
+    }
+    let handles: Vec<_> = nodes
+        .iter()
+        .map(|(_, n)| {
+            let mut c = n.cmd();
+            c.env_remove("BIGBROTR_DB_PASSWORD")
+                .args(["ship", "--once"]);
+            std::thread::spawn(move || c.output().expect("ship"))
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().expect("join");
+        assert!(out.status.success(), "ship: {}", stderr(&out));
+    }
+    assert_same_ids(&archive_ids(db, &name), &ids_of(&all));
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 1200);
+    let roles: Vec<String> = nodes.iter().map(|(r, _)| format!("'{r}'")).collect();
+    let per_node = db.psql(
+        &name,
+        &format!(
+            "SELECT events_sent, sightings_sent FROM node WHERE name IN ({}) ORDER BY name",
+            roles.join(",")
+        ),
+    );
+    assert_eq!(per_node, "800|1200\n800|1200\n800|1200");
+    let totals = db.psql(
+        &name,
+        &format!(
+            "SELECT sum(events_new), sum(sightings_new) FROM node WHERE name IN ({})",
+            roles.join(",")
+        ),
+    );
+    assert_eq!(
+        totals, "800|1200",
+        "each event and sighting counted new exactly once"
+    );
+}
+
+#[test]
+fn node_role_may_only_call_the_ingest_functions() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let (role, pw) = node_role(db, &name);
+    assert_eq!(
+        db.psql_as(&role, &pw, &name, "SELECT 1").as_deref(),
+        Ok("1")
+    );
+    for sql in [
+        "SELECT count(*) FROM event",
+        "SELECT * FROM node",
+        "SELECT * FROM event_p0",
+        "INSERT INTO relay VALUES ('wss://x/', 'clearnet', 1)",
+        "UPDATE node SET events_new = 0",
+        "DELETE FROM event",
+        "DELETE FROM event_relay",
+        "TRUNCATE event",
+        "SELECT delete_orphan_events()",
+        "SELECT node_touch('\\x00')",
+        "CREATE TABLE mine (x int)",
+    ] {
+        let err = db
+            .psql_as(&role, &pw, &name, sql)
+            .expect_err(&format!("a node role must not run {sql:?}"));
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{sql}: {err}"
+        );
+    }
+    // A reader may read and nothing else.
+    let reader = db.role_name("reader");
+    db.psql(
+        "postgres",
+        &format!("CREATE ROLE {reader} LOGIN PASSWORD 'rpw' IN ROLE bigbrotr_reader"),
+    );
+    assert_eq!(
+        db.psql_as(&reader, "rpw", &name, "SELECT count(*) FROM event")
+            .as_deref(),
+        Ok("0")
+    );
+    assert!(db
+        .psql_as(&reader, "rpw", &name, "DELETE FROM event")
+        .unwrap_err()
+        .contains("permission denied"));
+    assert!(db
+        .psql_as(
+            &reader,
+            "rpw",
+            &name,
+            "SELECT * FROM ingest_observations('\\x00', '{}', '{}', '{}', '{}', '{}')"
+        )
+        .unwrap_err()
+        .contains("permission denied"));
+
+    // `node add` again: idempotent, the password unchanged; --reset-password replaces it.
+    let out = admin(db, &name, &["node", "add", &role]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("unchanged"), "{}", stdout(&out));
+    assert!(db.psql_as(&role, &pw, &name, "SELECT 1").is_ok());
+    let out = admin(db, &name, &["node", "add", &role, "--reset-password"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pw2 = password_in(&stdout(&out));
+    assert_ne!(pw, pw2);
+    assert!(
+        db.psql_as(&role, &pw, &name, "SELECT 1").is_err(),
+        "old password refused"
+    );
+    assert!(db.psql_as(&role, &pw2, &name, "SELECT 1").is_ok());
+    // Bad names are refused before reaching the database.
+    let out = admin(db, &name, &["node", "add", "Robert'); DROP TABLE event;--"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid node name"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn migrate_is_idempotent_concurrent_and_checksummed() {
+    let db = TestDb::shared();
+    let name = db.create_db();
+    // Empty database: verify names what is missing.
+    let out = admin(db, &name, &["verify"]);
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("MISSING") && text.contains("table event"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("archive migrate"), "{}", stderr(&out));
+
+    // Three at once: each file applied once, all succeed.
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let url = db.admin_url(&name);
+            std::thread::spawn(move || {
+                let node = Node::new("");
+                node.cmd()
+                    .env("DATABASE_URL", url)
+                    .args(["archive", "migrate"])
+                    .output()
+                    .expect("migrate")
+            })
+        })
+        .collect();
+    let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for o in &outs {
+        assert!(o.status.success(), "concurrent migrate: {}", stderr(o));
+    }
+    let applied_now = outs
+        .iter()
+        .filter(|o| {
+            stdout(o).contains("applied 0001_archive.sql") && !stdout(o).contains("already")
+        })
+        .count();
+    assert_eq!(applied_now, 1, "exactly one run applied the file");
+    assert_eq!(
+        count(db, &name, "SELECT count(*) FROM bigbrotr_migration"),
+        1
+    );
+    let out = admin(db, &name, &["migrate"]);
+    assert!(stdout(&out).contains("already applied 0001_archive.sql"));
+    let out = admin(db, &name, &["verify", "--json"]);
+    assert!(
+        out.status.success(),
+        "verify: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(checks.as_array().unwrap().len() > 20);
+
+    // An applied file edited afterwards: refused, and named.
+    db.psql(&name, "UPDATE bigbrotr_migration SET checksum = 'edited'");
+    let out = admin(db, &name, &["migrate"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("0001_archive.sql"),
+        "{}",
+        stderr(&out)
+    );
+    let out = admin(db, &name, &["verify"]);
+    assert!(!out.status.success());
+
+    // A node role granted too much is reported.
+    db.psql(
+        &name,
+        "UPDATE bigbrotr_migration SET checksum = (SELECT checksum FROM bigbrotr_migration) ",
+    );
+    db.psql(&name, "GRANT SELECT ON event TO bigbrotr_node");
+    let out = admin(db, &name, &["verify"]);
+    assert!(
+        stdout(&out).contains("cannot touch table event"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn secrets_stay_out_of_config_and_output() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    // A password in config.toml is refused, without echoing it.
+    let node = Node::new(&format!(
+        "[upstream]\ndatabase_url = \"postgres://n:s3cr3tpw@127.0.0.1:{}/{name}\"\n",
+        db.bouncer_port
+    ));
+    let out = node.run(&["status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("BIGBROTR_DB_PASSWORD"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("s3cr3tpw"));
+
+    // A wrong password: ship --once gives up with the reason and the next step; the password
+    // appears nowhere.
+    let (role, _) = node_role(db, &name);
+    let node = shipping_node(db, &name, &role, "wrong-pw-123", "give_up_secs = 2\n");
+    let authors = keys(1);
+    let evs = notes(5, &authors, |i| T0 + i as u64);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = rt.block_on(local_relay(&evs, RelayOpts::default()));
+    let out = rt.block_on(node.sync_once(&relay.url));
+    assert!(out.status.success());
+    let out = node
+        .cmd()
+        .env("RUST_LOG", "debug")
+        .args(["ship", "--once"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("authentication") || err.contains("password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pw-123") && !stdout(&out).contains("wrong-pw-123"));
+    let st = node.status();
+    assert!(
+        st["ship"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("BIGBROTR_DB_PASSWORD"),
+        "status shows the error with the fix: {st}"
+    );
+    assert_eq!(st["spool_depth"], 5, "nothing acked");
+}
+
+/// Events PostgreSQL cannot hold (U+0000 in text) are set aside and counted; events with huge
+/// or incompressible tag values and a row the archive's own policy refuses do not block the
+/// rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rows_never_block_the_spool() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    // The archive operator's own rule: kind 666 is refused (the server raises, the shipper
+    // splits the batch to find those rows).
+    db.psql(
+        &name,
+        "ALTER TABLE event ADD CONSTRAINT no_666 CHECK (kind <> 666)",
+    );
+    let k = keys(1);
+    let mut good: Vec<RawEvent> = (0..60)
+        .map(|i| sign_event(&k[0], T0 + i, 1, vec![], &format!("fine {i}")))
+        .collect();
+    // Incompressible 6 KB tag value: too big for a GIN index key, kept in tags, not indexed.
+    let noise: String = (0..200)
+        .map(|i| {
+            format!(
+                "{:032x}",
+                (i as u128).wrapping_mul(0x9e3779b97f4a7c15f39cc0605cedc835)
+            )
+        })
+        .collect();
+    good.push(sign_event(
+        &k[0],
+        T0 + 100,
+        1,
+        vec![vec!["e".into(), noise.clone()]],
+        "big tag",
+    ));
+    good.push(sign_event(
+        &k[0],
+        T0 + 101,
+        1,
+        vec![vec!["t".into(), "x".repeat(200_000)]],
+        "huge tag",
+    ));
+    good.push(sign_event(
+        &k[0],
+        T0 + 102,
+        1,
+        (0..1500)
+            .map(|i| vec!["p".into(), format!("{i:064x}")])
+            .collect(),
+        "many tags",
+    ));
+    let bad = [
+        sign_event(&k[0], T0 + 200, 1, vec![], "nul \u{0} in content"),
+        sign_event(
+            &k[0],
+            T0 + 201,
+            1,
+            vec![vec!["t".into(), "a\u{0}b".into()]],
+            "nul in a tag",
+        ),
+        sign_event(&k[0], T0 + 202, 666, vec![], "refused by policy"),
+        sign_event(&k[0], T0 + 203, 666, vec![], "refused by policy too"),
+    ];
+    let mut served = good.clone();
+    served.extend(bad.iter().cloned());
+    let relay = HostileRelay::start(served, Options::default()).await;
+    let (role, pw) = node_role(db, &name);
+    let node = shipping_node(db, &name, &role, &pw, "batch_size = 16\n");
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    let out = ship_once(&node);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    let want: BTreeSet<String> = good.iter().map(|e| e.id.clone()).collect();
+    assert_same_ids(&archive_ids(db, &name), &want);
+    let st = node.status();
+    assert_eq!(st["spool_depth"], 0, "the spool drained");
+    assert_eq!(st["ship_rejected"], 4, "set aside and counted: {st}");
+    assert_archive_faithful(db, &name);
+    // The long value is kept in tags but not indexed; short single-letter values are.
+    assert_eq!(
+        count(
+            db,
+            &name,
+            "SELECT count(*) FROM event WHERE tagvalues @> ARRAY['p:' || lpad('5', 64, '0')]"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            db,
+            &name,
+            &format!("SELECT count(*) FROM event WHERE tags @> '[[\"e\", \"{noise}\"]]'")
+        ),
+        1
+    );
+}
+
+/// Events stored before `[upstream]` was configured are not in the spool; a later sighting of
+/// one reaches the archive anyway: the archive refuses the orphan sighting, and the shipper
+/// resends the batch with the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sightings_of_events_stored_before_upstream_bring_their_events() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let evs = notes(120, &keys(2), |i| T0 + i as u64);
+    let r1 = local_relay(&evs, RelayOpts::default()).await;
+    let r2 = local_relay(&evs[..80], RelayOpts::default()).await;
+    let (role, pw) = node_role(db, &name);
+    let node = shipping_node(db, &name, &role, &pw, "batch_size = 50\n");
+    let with_upstream = std::fs::read_to_string(&node.config).unwrap();
+    let local_only: String = with_upstream
+        .split("[upstream]")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&node.config, &local_only).unwrap();
+    let out = node.sync_once(&r1.url).await;
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    assert_eq!(node.status()["spool_depth"], 0, "no upstream, no spool");
+    std::fs::write(&node.config, &with_upstream).unwrap();
+    let out = node.sync_once(&r2.url).await;
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    assert_eq!(node.status()["spool_depth"], 80, "sightings only");
+    let out = ship_once(&node);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    assert_same_ids(&archive_ids(db, &name), &ids_of(&evs[..80]));
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 80);
+    assert_eq!(node.status()["ship_rejected"], 0);
+    assert_archive_faithful(db, &name);
+}
+
+trait StatusKey {
+    fn status_key(&self) -> String;
+}
+
+impl StatusKey for Node {
+    /// The node's public key, hex (from `init`'s output).
+    fn status_key(&self) -> String {
+        let out = self.run(&["init"]);
+        stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("node key: "))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("node key line")
+            .to_string()
+    }
+}
