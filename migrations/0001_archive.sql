@@ -20,6 +20,12 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
+-- Nobody but the owner creates objects here: on PostgreSQL 14 every role may CREATE in public
+-- by default, and a node role could then plant a function (say public.cardinality(bytea[]))
+-- that the SECURITY DEFINER ingest functions would resolve to and run as the owner. (A
+-- non-owner running this gets a warning instead; `archive verify` then reports it.)
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+
 -- Relays any node has seen or registered.
 CREATE TABLE relay (
     url           text PRIMARY KEY,
@@ -124,10 +130,14 @@ $$;
 -- The calling node's row: created on first use; a key already registered to another role is
 -- refused (a node cannot report under someone else's identity).
 CREATE FUNCTION node_touch(p_node bytea) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     now_s bigint := extract(epoch FROM clock_timestamp())::bigint;
 BEGIN
+    IF current_setting('server_encoding') <> 'UTF8' THEN
+        RAISE EXCEPTION 'the archive database must use UTF8 encoding, not %',
+            current_setting('server_encoding') USING ERRCODE = 'BB001';
+    END IF;
     INSERT INTO node AS n (id, name, first_seen, last_seen)
     VALUES (p_node, session_user, now_s, now_s)
     ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen
@@ -162,7 +172,7 @@ CREATE FUNCTION ingest_batch(
     OUT events_new    bigint,
     OUT sightings_new bigint
 )
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'on', true);
     PERFORM node_touch(p_node);
@@ -204,7 +214,7 @@ CREATE FUNCTION ingest_observations(
     p_type          text[],
     p_data          text[]
 ) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     n bigint;
 BEGIN

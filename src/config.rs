@@ -301,6 +301,8 @@ pub struct UpstreamConfig {
     pub password_file: Option<PathBuf>,
     /// Spool entries (events and sightings) per transaction (default 2000).
     pub batch_size: usize,
+    /// Event bytes per transaction, whatever the count (default 16 MiB).
+    pub batch_max_mb: usize,
     /// How often an empty spool is looked at again (default 1 s).
     pub poll_secs: u64,
     /// Retry delays while the archive is unreachable: exponential with jitter (1 s .. 60 s).
@@ -322,6 +324,7 @@ impl Default for UpstreamConfig {
             database_url: None,
             password_file: None,
             batch_size: 2000,
+            batch_max_mb: 16,
             poll_secs: 1,
             retry_min_secs: 1,
             retry_max_secs: 60,
@@ -446,6 +449,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !(1..=1024).contains(&self.upstream.batch_max_mb) {
+            return Err(bad("upstream.batch_max_mb", "must be between 1 and 1024"));
         }
         if !(1..=100_000).contains(&self.upstream.batch_size) {
             return Err(bad("upstream.batch_size", "must be between 1 and 100000"));

@@ -248,7 +248,12 @@ async fn three_nodes_in_parallel_store_each_event_once() {
 #[test]
 fn node_role_may_only_call_the_ingest_functions() {
     let db = TestDb::shared();
-    let name = migrated(db);
+    // PostgreSQL 14's default: everyone may create objects in schema public. The migration
+    // must take that away, or a node could plant functions the ingest functions run as owner.
+    let name = db.create_db();
+    db.psql(&name, "GRANT CREATE ON SCHEMA public TO PUBLIC");
+    let out = admin(db, &name, &["migrate"]);
+    assert!(out.status.success(), "migrate: {}", stderr(&out));
     let (role, pw) = node_role(db, &name);
     assert_eq!(
         db.psql_as(&role, &pw, &name, "SELECT 1").as_deref(),
@@ -266,6 +271,7 @@ fn node_role_may_only_call_the_ingest_functions() {
         "SELECT delete_orphan_events()",
         "SELECT node_touch('\\x00')",
         "CREATE TABLE mine (x int)",
+        "CREATE FUNCTION public.cardinality(bytea[]) RETURNS int LANGUAGE sql AS 'SELECT 1'",
     ] {
         let err = db
             .psql_as(&role, &pw, &name, sql)
@@ -314,6 +320,18 @@ fn node_role_may_only_call_the_ingest_functions() {
         "old password refused"
     );
     assert!(db.psql_as(&role, &pw2, &name, "SELECT 1").is_ok());
+    // An existing role that is not a node role is never adopted (nor its password reset).
+    let out = admin(db, &name, &["node", "add", "postgres", "--reset-password"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a node role"), "{}", stderr(&out));
+    let plain = db.role_name("plain");
+    db.psql("postgres", &format!("CREATE ROLE {plain} LOGIN"));
+    let out = admin(db, &name, &["node", "add", &plain]);
+    assert!(
+        stderr(&out).contains("not in bigbrotr_node"),
+        "{}",
+        stderr(&out)
+    );
     // Bad names are refused before reaching the database.
     let out = admin(db, &name, &["node", "add", "Robert'); DROP TABLE event;--"]);
     assert!(!out.status.success());
@@ -470,6 +488,14 @@ async fn hostile_rows_never_block_the_spool() {
         &name,
         "ALTER TABLE event ADD CONSTRAINT no_666 CHECK (kind <> 666)",
     );
+    // And a trigger that raises a plain exception (not a data error) for kind 777: after a few
+    // refusals of the same batch the shipper hunts the entry down too.
+    db.psql(
+        &name,
+        "CREATE FUNCTION no_777() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN IF NEW.kind = 777 THEN RAISE EXCEPTION 'kind 777 is not welcome'; END IF; RETURN NEW; END$$; \
+         CREATE TRIGGER no_777 BEFORE INSERT ON event FOR EACH ROW EXECUTE FUNCTION no_777()",
+    );
     let k = keys(1);
     let mut good: Vec<RawEvent> = (0..60)
         .map(|i| sign_event(&k[0], T0 + i, 1, vec![], &format!("fine {i}")))
@@ -517,6 +543,7 @@ async fn hostile_rows_never_block_the_spool() {
         ),
         sign_event(&k[0], T0 + 202, 666, vec![], "refused by policy"),
         sign_event(&k[0], T0 + 203, 666, vec![], "refused by policy too"),
+        sign_event(&k[0], T0 + 204, 777, vec![], "refused by a trigger"),
     ];
     let mut served = good.clone();
     served.extend(bad.iter().cloned());
@@ -531,7 +558,7 @@ async fn hostile_rows_never_block_the_spool() {
     assert_same_ids(&archive_ids(db, &name), &want);
     let st = node.status();
     assert_eq!(st["spool_depth"], 0, "the spool drained");
-    assert_eq!(st["ship_rejected"], 4, "set aside and counted: {st}");
+    assert_eq!(st["ship_rejected"], 5, "set aside and counted: {st}");
     assert_archive_faithful(db, &name);
     // The long value is kept in tags but not indexed; short single-letter values are.
     assert_eq!(
@@ -584,6 +611,103 @@ async fn sightings_of_events_stored_before_upstream_bring_their_events() {
     assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 80);
     assert_eq!(node.status()["ship_rejected"], 0);
     assert_archive_faithful(db, &name);
+}
+
+/// A node key is bound to the role that first shipped with it: another role cannot report
+/// under that identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_key_cannot_ship_under_two_roles() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let key = "7f".repeat(32);
+    let relay = local_relay(&notes(3, &keys(1), |i| T0 + i as u64), RelayOpts::default()).await;
+    let mut shipped = Vec::new();
+    for _ in 0..2 {
+        let (role, pw) = node_role(db, &name);
+        let node = shipping_node(db, &name, &role, &pw, "give_up_secs = 1\n");
+        let mut c = node.cmd();
+        c.env("BIGBROTR_NODE_KEY", &key)
+            .args(["sync", "--relay", &relay.url, "--once"]);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success(), "sync: {}", stderr(&out));
+        let out = node
+            .cmd()
+            .env("BIGBROTR_NODE_KEY", &key)
+            .args(["ship", "--once"])
+            .output()
+            .unwrap();
+        shipped.push((role, out, node));
+    }
+    assert!(shipped[0].1.status.success(), "{}", stderr(&shipped[0].1));
+    assert!(!shipped[1].1.status.success(), "the second role is refused");
+    let st = shipped[1].2.status();
+    let err = st["ship"]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("another role"), "{st}");
+    assert_eq!(st["spool_depth"], 3, "nothing acked");
+    assert_eq!(
+        db.psql(&name, "SELECT name FROM node"),
+        shipped[0].0,
+        "the key stays with the first role"
+    );
+}
+
+/// `bigbrotr run` with `[upstream]`: while the archive cannot take batches (here: not migrated
+/// yet) syncing pauses at `spool.max_entries` with relays keeping the rest; once it can, the
+/// node ships and syncs everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_ships_and_pauses_syncing_at_the_spool_quota() {
+    let db = TestDb::shared();
+    let first = migrated(db);
+    let (role, pw) = node_role(db, &first);
+    let name = db.create_db(); // migrated later: until then every batch fails
+    let evs = notes(600, &keys(3), |i| T0 + i as u64 * 2);
+    let relay = local_relay(&evs, RelayOpts::default()).await;
+    let node = shipping_node(
+        db,
+        &name,
+        &role,
+        &pw,
+        "[spool]\nmax_entries = 100\n[sync]\npage_limit = 50\nbackoff_min_secs = 1\n[finder]\nenabled = false\n",
+    );
+    let out = node.run(&["relays", "add", &relay.url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = node.cmd().arg("run").spawn().expect("spawn run");
+    let t = std::time::Instant::now();
+    let mut paused_at = None;
+    while t.elapsed() < std::time::Duration::from_secs(30) {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let st = node.status();
+        let stored = st["events_stored"].as_u64().unwrap_or(0);
+        assert!(stored <= 150, "syncing went past the quota: {st}");
+        if st["spool_depth"].as_u64().unwrap_or(0) >= 100 && t.elapsed().as_secs() >= 3 {
+            paused_at = Some(st);
+            break;
+        }
+    }
+    let st = paused_at.expect("the spool reached its quota");
+    let err = st["ship"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("archive migrate"),
+        "the error names the fix: {st}"
+    );
+    let out = admin(db, &name, &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = std::time::Instant::now();
+    while count(db, &name, "SELECT count(*) FROM event") < 600 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(90),
+            "archive caught up: {}",
+            node.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_same_ids(&archive_ids(db, &name), &ids_of(&evs));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success(), "run stops cleanly");
 }
 
 trait StatusKey {

@@ -23,7 +23,11 @@ struct Setup {
 /// Own cluster, migrated archive, a node role, and a node that synced `n` events from a local
 /// relay (not shipped yet).
 async fn setup(n: usize, extra: &str) -> Setup {
-    let db = TestDb::start();
+    setup_on(TestDb::start(), n, "", extra).await
+}
+
+/// The same on `db`, with `url_suffix` appended to the node's database URL.
+async fn setup_on(db: TestDb, n: usize, url_suffix: &str, extra: &str) -> Setup {
     let name = db.create_db();
     let admin = |args: &[&str]| -> Output {
         Node::new("")
@@ -50,7 +54,7 @@ async fn setup(n: usize, extra: &str) -> Setup {
     let pwfile = db.dir.join(format!("{role}.pw"));
     std::fs::write(&pwfile, &pw).expect("password file");
     let node = Node::new(&format!(
-        "[upstream]\ndatabase_url = \"{}\"\npassword_file = \"{}\"\nretry_min_secs = 1\nretry_max_secs = 2\n{extra}",
+        "[upstream]\ndatabase_url = \"{}{url_suffix}\"\npassword_file = \"{}\"\nretry_min_secs = 1\nretry_max_secs = 2\n{extra}",
         db.bouncer_url(&role, &name),
         pwfile.display()
     ));
@@ -166,12 +170,22 @@ async fn postgres_restart_and_crash_and_pgbouncer_restart_mid_ship() {
     let total = s.want.len() as u64;
     let mut child = s.spawn_ship(false);
     s.wait_for("first batches", 30, || s.archived() > 0);
+    // PostgreSQL crashes (SIGKILL of the postmaster and every backend) while batches are in
+    // flight, and recovers: batches acked before the crash must have survived it.
+    let n0 = s.archived();
+    assert!(n0 < total, "the crash happens mid-ship");
+    s.db.pg("kill");
+    std::thread::sleep(Duration::from_secs(1));
+    s.db.pg("start");
+    s.wait_for("progress after a PostgreSQL crash", 30, || {
+        let n = s.archived();
+        n > n0 || n == total
+    });
     // Clean restart of PostgreSQL.
     s.db.pg("stop");
     std::thread::sleep(Duration::from_secs(2));
     s.db.pg("start");
     let n1 = s.archived();
-    assert!(n1 < total, "the restart happened mid-ship");
     s.wait_for("progress after a PostgreSQL restart", 30, || {
         let n = s.archived();
         n > n1 || n == total
@@ -180,15 +194,6 @@ async fn postgres_restart_and_crash_and_pgbouncer_restart_mid_ship() {
     s.db.bouncer("stop");
     std::thread::sleep(Duration::from_secs(2));
     s.db.bouncer("start");
-    let n2 = s.archived();
-    s.wait_for("progress after a PgBouncer restart", 30, || {
-        let n = s.archived();
-        n > n2 || n == total
-    });
-    // PostgreSQL crashes (SIGKILL of the postmaster) and recovers.
-    s.db.pg("kill");
-    std::thread::sleep(Duration::from_secs(1));
-    s.db.pg("start");
     s.wait_for("the spool to drain", 120, || {
         s.node.status()["spool_depth"] == 0
     });
@@ -233,4 +238,35 @@ async fn unreachable_archive_gives_up_with_the_reason_then_catches_up() {
     );
     s.assert_complete();
     assert!(s.node.status()["ship_lag_secs"].is_null());
+}
+
+/// TLS to the archive: `sslmode=require` with the operator's CA in `upstream.ca_file` works; an
+/// unknown CA is refused with a clear error (nothing is sent in clear, nothing acked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let db = TestDb::start_tls();
+    let ca = db.dir.join("ca.crt");
+    let s = setup_on(
+        db,
+        50,
+        "?sslmode=require",
+        "give_up_secs = 2\nconnect_timeout_secs = 5\n",
+    )
+    .await;
+    // Without the CA: refused, and the reason names the certificate.
+    let out = s.ship_once();
+    assert!(!out.status.success());
+    let err = stderr(&out).to_lowercase();
+    assert!(
+        err.contains("certificate") || err.contains("issuer"),
+        "{err}"
+    );
+    assert_eq!(s.node.status()["spool_depth"], 50);
+    // With it: shipped.
+    let mut cfg = std::fs::read_to_string(&s.node.config).unwrap();
+    cfg.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+    std::fs::write(&s.node.config, cfg).unwrap();
+    let out = s.ship_once();
+    assert!(out.status.success(), "ship over TLS: {}", stderr(&out));
+    s.assert_complete();
 }

@@ -54,13 +54,29 @@ pub async fn node_add(conn: &mut Conn, name: &str, reset: bool) -> Result<NodeRo
     // Twice at most: a role created by someone else between our look and our CREATE makes the
     // second round take the idempotent path.
     for _ in 0..2 {
-        let exists = !conn
+        // (privileged, already a node role) of an existing role with this name
+        let existing = conn
             .query_typed(
-                "SELECT 1 FROM pg_roles WHERE rolname = $1",
-                &[(&name, Type::TEXT)],
+                "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls,
+                        pg_has_role(rolname, $2, 'MEMBER')
+                 FROM pg_roles WHERE rolname = $1",
+                &[(&name, Type::TEXT), (&NODE_ROLE, Type::TEXT)],
             )
-            .await?
-            .is_empty();
+            .await?;
+        let exists = !existing.is_empty();
+        if let Some(row) = existing.first() {
+            let (privileged, node): (bool, bool) = (row.get(0), row.get(1));
+            if privileged || !node {
+                return Err(ArchiveError::Other(format!(
+                    "role {name} already exists and is not a node role ({}): choose another name",
+                    if privileged {
+                        "it has superuser, createrole, createdb, replication or bypassrls"
+                    } else {
+                        "it is not in bigbrotr_node"
+                    }
+                )));
+            }
+        }
         let password = (!exists || reset).then(|| {
             let mut raw = [0u8; 24];
             rand::thread_rng().fill_bytes(&mut raw);

@@ -197,6 +197,18 @@ pub async fn verify(conn: &mut Conn) -> Result<Vec<Check>, ArchiveError> {
         };
         check(format!("migration {}", m.name), ok, detail);
     }
+    let encoding = conn
+        .simple_column("SELECT current_setting('server_encoding')")
+        .await?
+        .first()
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    check(
+        "database encoding".into(),
+        encoding == "UTF8",
+        format!("{encoding} (UTF8 needed: events are Unicode)"),
+    );
     check(
         "extensions".into(),
         true,
@@ -260,6 +272,20 @@ pub async fn verify(conn: &mut Conn) -> Result<Vec<Check>, ArchiveError> {
                 },
             });
         }
+        let creates = bool_query(
+            conn,
+            &format!("SELECT has_schema_privilege('{NODE_ROLE}', 'public', 'CREATE')"),
+        )
+        .await?;
+        more.push(Check {
+            what: format!("{NODE_ROLE} cannot create objects in schema public"),
+            ok: !creates,
+            detail: if creates {
+                "it can: REVOKE CREATE ON SCHEMA public FROM PUBLIC (as the schema's owner)".into()
+            } else {
+                "ok".into()
+            },
+        });
         let reader = bool_query(
             conn,
             &format!("SELECT has_table_privilege('{READER_ROLE}', 'public.event', 'SELECT')"),

@@ -50,6 +50,8 @@ pub enum ArchiveError {
         /// SQLSTATE, when the server (or PgBouncer) sent one.
         code: Option<String>,
     },
+    #[error("{target}: no answer within {secs} s (statement cancelled)")]
+    Timeout { target: String, secs: u64 },
     #[error("{0}")]
     Other(String),
 }
@@ -98,6 +100,35 @@ impl ArchiveError {
         }
     }
 
+    /// The archive was reached and answered this statement with an error, or did not answer it
+    /// in time: the batch itself may be the cause (as opposed to the connection failing).
+    pub fn is_statement_error(&self) -> bool {
+        matches!(
+            self,
+            ArchiveError::Db { code: Some(_), .. } | ArchiveError::Timeout { .. }
+        )
+    }
+
+    /// A copy carrying the same message and SQLSTATE (errors hold no live resources).
+    pub fn clone_msg(&self) -> ArchiveError {
+        match self {
+            ArchiveError::Db {
+                target,
+                message,
+                code,
+            } => ArchiveError::Db {
+                target: target.clone(),
+                message: message.clone(),
+                code: code.clone(),
+            },
+            ArchiveError::Timeout { target, secs } => ArchiveError::Timeout {
+                target: target.clone(),
+                secs: *secs,
+            },
+            other => ArchiveError::Other(other.to_string()),
+        }
+    }
+
     pub fn code(&self) -> Option<&str> {
         match self {
             ArchiveError::Db { code, .. } => code.as_deref(),
@@ -110,7 +141,9 @@ impl ArchiveError {
             return Failure::Setup;
         }
         match self {
-            ArchiveError::ConnectTimeout { .. } | ArchiveError::Other(_) => Failure::Transient,
+            ArchiveError::ConnectTimeout { .. }
+            | ArchiveError::Timeout { .. }
+            | ArchiveError::Other(_) => Failure::Transient,
             ArchiveError::Db { code: None, .. } => Failure::Transient,
             ArchiveError::Db { code: Some(c), .. } => classify(c),
             _ => Failure::Setup,
@@ -137,6 +170,13 @@ impl ArchiveError {
             return Some(
                 "authentication failed: check BIGBROTR_DB_PASSWORD / upstream.password_file and the role name",
             );
+        }
+        if let ArchiveError::Db { message, .. } = self {
+            if message.contains("registered to another database role") {
+                return Some(
+                    "this node key already ships under another role: give each node its own key and role",
+                );
+            }
         }
         let c = self.code()?;
         Some(match c {
@@ -199,6 +239,12 @@ impl Target {
             if let Some(p) = password {
                 config.password(p);
             }
+        }
+        // TLS by default beyond this machine: an unencrypted session can be intercepted and
+        // answered by anyone on the path, and the node deletes what it believes was committed.
+        // `sslmode=disable|prefer` in the URL is an explicit choice and kept.
+        if !url.to_ascii_lowercase().contains("sslmode") && !only_local_hosts(&config) {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
         if config.get_application_name().is_none() {
             config.application_name("bigbrotr");
@@ -277,6 +323,22 @@ impl Target {
     pub fn user(&self) -> Option<&str> {
         self.config.get_user()
     }
+}
+
+/// Every host is this machine (loopback address, `localhost` or a Unix socket).
+fn only_local_hosts(c: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    c.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+    })
 }
 
 /// `BIGBROTR_DB_PASSWORD`, else the first line of `file`.
@@ -401,6 +463,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.config.get_password(), Some(&b"pw"[..]));
+    }
+
+    #[test]
+    fn tls_is_required_beyond_this_machine_unless_chosen() {
+        use tokio_postgres::config::SslMode;
+        let mode = |url: &str| {
+            Target::new("x", url, None, None, Duration::from_secs(1))
+                .unwrap()
+                .config
+                .get_ssl_mode()
+        };
+        assert_eq!(
+            mode("postgres://n@archive.example:6432/db"),
+            SslMode::Require
+        );
+        assert_eq!(mode("postgres://n@10.0.0.5/db"), SslMode::Require);
+        assert_eq!(mode("postgres://n@127.0.0.1:6432/db"), SslMode::Prefer);
+        assert_eq!(mode("postgres://n@localhost/db"), SslMode::Prefer);
+        assert_eq!(mode("postgres://n@[::1]:6432/db"), SslMode::Prefer);
+        assert_eq!(
+            mode("postgres://n@archive.example/db?sslmode=disable"),
+            SslMode::Disable
+        );
     }
 
     #[test]

@@ -148,10 +148,9 @@ impl Conn {
                 let token = self.client().cancel_token();
                 let tls = self.pool.target.tls();
                 let _ = tokio::time::timeout(Duration::from_secs(5), token.cancel_query(tls)).await;
-                Err(ArchiveError::Db {
+                Err(ArchiveError::Timeout {
                     target: self.shown().to_string(),
-                    message: format!("no answer within {} s (cancelled)", timeout.as_secs()),
-                    code: None,
+                    secs: timeout.as_secs(),
                 })
             }
         }

@@ -37,6 +37,9 @@ use crate::store::Stores;
 
 /// Registry relays sent per batch (relays no event was seen on yet).
 const REGISTRY_PER_BATCH: usize = 1000;
+/// Statement failures on the same batch head after which any refusal (not only a data error)
+/// makes the shipper split the batch to find the entries that cause it.
+const SUSPECT_AFTER: u32 = 3;
 
 pub struct ShipContext {
     pub stores: Stores,
@@ -127,6 +130,10 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
     let mut failing_since: Option<Instant> = None;
     let mut attempt: u32 = 0;
     let mut last_report = Instant::now() - Duration::from_secs(60);
+    // Entries per batch: halved while the archive refuses batches, doubled back on success.
+    let mut batch_limit = ctx.cfg.batch_size;
+    // (head seq of the failing batch, consecutive statement failures on it)
+    let mut stuck: (Option<u64>, u32) = (None, 0);
     loop {
         if ctx.shutdown.is_triggered() {
             stats.state = "stopped".into();
@@ -137,7 +144,7 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
         let entries = ctx
             .stores
             .events
-            .spool_peek(ctx.cfg.batch_size)
+            .spool_peek(batch_limit)
             .map_err(|e| store_err(&e))?;
         let registry = state
             .relays_after(relay_wm, REGISTRY_PER_BATCH)
@@ -158,13 +165,19 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                 .await;
             continue;
         }
-        let last_seq = entries.last().map(|e| e.0);
-        let (mut items, mut rejected) =
-            resolve(&ctx.stores, entries, &mut relays).map_err(|e| store_err(&e))?;
+        let (mut items, mut rejected, last_seq) = resolve(
+            &ctx.stores,
+            entries,
+            &mut relays,
+            ctx.cfg.batch_max_mb << 20,
+        )
+        .map_err(|e| store_err(&e))?;
         for r in &registry {
             relays.entry(r.id).or_insert_with(|| info_of(r));
         }
-        match ship_all(ctx, &mut items, &registry, &relays).await {
+        let head = last_seq.map(|_| items.first().map_or(0, |i| i.seq));
+        let suspect = stuck.0 == head && stuck.1 >= SUSPECT_AFTER;
+        let result = match ship_all(ctx, &mut items, &relays, suspect).await {
             Ok(mut out) => {
                 rejected.append(&mut out.rejected);
                 for (seq, _, reason) in &rejected {
@@ -180,18 +193,26 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                         .spool_ack(seq)
                         .map_err(|e| store_err(&e))?;
                 }
+                stats.batches += u64::from(last_seq.is_some());
+                stats.events_sent += out.events_sent;
+                stats.events_new += out.events_new;
+                stats.sightings_sent += out.sightings_sent;
+                stats.sightings_new += out.sightings_new;
+                stats.rejected += rejected.len() as u64;
+                stuck = (None, 0);
+                batch_limit = (batch_limit * 2).min(ctx.cfg.batch_size);
+                ship_registry(ctx, &registry, &relays).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
                 if let Some(max) = registry.iter().map(|r| r.id).max() {
                     relay_wm = max;
                     state
                         .set_state("shipper", "relay_watermark", &relay_wm.to_string())
                         .map_err(|e| store_err(&e))?;
                 }
-                stats.batches += 1;
-                stats.events_sent += out.events_sent;
-                stats.events_new += out.events_new;
-                stats.sightings_sent += out.sightings_sent;
-                stats.sightings_new += out.sightings_new;
-                stats.rejected += rejected.len() as u64;
                 stats.last_ok_at = Some(now());
                 stats.state = "shipping".into();
                 if failing_since.take().is_some() {
@@ -204,6 +225,17 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                 }
             }
             Err(e) => {
+                if e.is_statement_error() {
+                    // The archive answered but refused or timed out on this batch: smaller
+                    // batches next, and after a few refusals of the same head, hunt for the
+                    // entries that cause it.
+                    stuck = if stuck.0 == head {
+                        (head, stuck.1 + 1)
+                    } else {
+                        (head, 1)
+                    };
+                    batch_limit = (batch_limit / 2).max(1);
+                }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 let msg = match e.hint() {
                     Some(h) => format!("{e} ({h})"),
@@ -229,6 +261,27 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                 ctx.shutdown.sleep(delay).await;
             }
         }
+    }
+}
+
+/// Registry relays no event mentioned yet, in a call of their own (so a refused relay never
+/// blames an event). A relay the archive refuses as data is skipped: it will arrive with the
+/// first event seen on it.
+async fn ship_registry(
+    ctx: &ShipContext,
+    registry: &[RelayRow],
+    relays: &HashMap<u32, RelayInfo>,
+) -> Result<(), ArchiveError> {
+    if registry.is_empty() {
+        return Ok(());
+    }
+    match call(ctx, &[], registry, relays).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.failure() == Failure::Data => {
+            tracing::warn!(error = %e, "registry relays refused by the archive; skipped");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -259,18 +312,26 @@ fn info_of(r: &RelayRow) -> RelayInfo {
     }
 }
 
-/// Decode spool records, load their events and relay URLs. Entries that cannot be shipped at
-/// all (malformed record, event gone from the store, unknown relay, text PostgreSQL cannot hold)
-/// come back as rejected with the reason.
+/// Decode spool records, load their events and relay URLs, until about `max_bytes` of events.
+/// Entries that cannot be shipped at all (malformed record, event gone from the store, unknown
+/// relay, values PostgreSQL cannot hold) come back as rejected with the reason. Returns the
+/// last seq taken (items and rejected), the point to ack through.
 #[allow(clippy::type_complexity)]
 fn resolve(
     stores: &Stores,
     entries: Vec<(u64, Vec<u8>)>,
     relays: &mut HashMap<u32, RelayInfo>,
-) -> Result<(Vec<Item>, Vec<(u64, Vec<u8>, String)>), Box<dyn std::error::Error>> {
+    max_bytes: usize,
+) -> Result<(Vec<Item>, Vec<(u64, Vec<u8>, String)>, Option<u64>), Box<dyn std::error::Error>> {
     let mut items = Vec::with_capacity(entries.len());
     let mut rejected = Vec::new();
+    let mut bytes = 0usize;
+    let mut last_seq = None;
     for (seq, rec) in entries {
+        if bytes >= max_bytes && !items.is_empty() {
+            break;
+        }
+        last_seq = Some(seq);
         let parsed =
             (rec.len() == 45 && (rec[0] == SPOOL_EVENT || rec[0] == SPOOL_SEEN)).then(|| {
                 let id: [u8; 32] = rec[1..33].try_into().unwrap_or([0; 32]);
@@ -312,6 +373,10 @@ fn resolve(
             rejected.push((seq, rec, reason));
             continue;
         }
+        bytes += 200
+            + event.as_ref().map_or(0, |e| {
+                e.content.len() + e.tags.iter().flatten().map(|t| t.len() + 4).sum::<usize>()
+            });
         items.push(Item {
             seq,
             rec,
@@ -321,64 +386,78 @@ fn resolve(
             event,
         });
     }
-    Ok((items, rejected))
+    Ok((items, rejected, last_seq))
 }
 
 /// Why PostgreSQL cannot store this event faithfully, if it cannot: `text` and `jsonb` have no
-/// U+0000. (Everything else a verified event holds, it can.)
+/// U+0000, and `bigint` ends at 2^63. (Everything else a verified event holds, it can.)
 fn unstorable(ev: &Event) -> Option<String> {
+    if i64::try_from(ev.created_at).is_err() {
+        return Some("created_at beyond PostgreSQL bigint".into());
+    }
     let nul_in_tags = ev.tags.iter().flatten().any(|s| s.contains('\0'));
     (ev.content.contains('\0') || nul_in_tags)
         .then(|| "contains U+0000, which PostgreSQL text cannot store".to_string())
 }
 
-/// Ship `items` (plus `registry` relays), splitting around rows the archive refuses.
+/// Ship `items`, splitting around rows the archive refuses. A data error (or, when `suspect`,
+/// any refusal of the statement) splits the range in halves; a single entry is set aside only
+/// if an empty batch then succeeds, proving the archive itself works and the entry is the cause.
 async fn ship_all(
     ctx: &ShipContext,
     items: &mut [Item],
-    registry: &[RelayRow],
     relays: &HashMap<u32, RelayInfo>,
+    suspect: bool,
 ) -> Result<Outcome, ArchiveError> {
     let mut out = Outcome::default();
-    // (start, end, send registry relays): a stack of ranges still to ship.
-    let mut todo = vec![(0usize, items.len(), true)];
+    if items.is_empty() {
+        return Ok(out);
+    }
+    // A stack of ranges still to ship.
+    let mut todo = vec![(0usize, items.len())];
     let mut loaded_sighting_events = false;
-    while let Some((a, b, with_registry)) = todo.pop() {
-        let reg: &[RelayRow] = if with_registry { registry } else { &[] };
-        match call(ctx, &items[a..b], reg, relays).await {
+    while let Some((a, b)) = todo.pop() {
+        let e = match call(ctx, &items[a..b], &[], relays).await {
             Ok((en, sn, es, ss)) => {
                 out.events_new += en;
                 out.sightings_new += sn;
                 out.events_sent += es;
                 out.sightings_sent += ss;
+                continue;
             }
-            Err(e) if e.failure() == Failure::MissingEvent && !loaded_sighting_events => {
-                // Sightings of events the archive never got: send those events too.
-                for it in items.iter_mut().filter(|i| i.event.is_none()) {
-                    it.event = ctx
-                        .stores
-                        .events
-                        .get(&it.id)
-                        .map_err(|e| ArchiveError::Other(format!("local store: {e}")))?
-                        .filter(|ev| unstorable(ev).is_none());
-                }
-                loaded_sighting_events = true;
-                todo.push((a, b, with_registry));
+            Err(e) => e,
+        };
+        if e.failure() == Failure::MissingEvent && !loaded_sighting_events {
+            // Sightings of events the archive never got: send those events too.
+            for it in items.iter_mut().filter(|i| i.event.is_none()) {
+                it.event = ctx
+                    .stores
+                    .events
+                    .get(&it.id)
+                    .map_err(|e| ArchiveError::Other(format!("local store: {e}")))?
+                    .filter(|ev| unstorable(ev).is_none());
             }
-            Err(e) if matches!(e.failure(), Failure::Data | Failure::MissingEvent) => {
-                if b - a <= 1 {
-                    if let Some(it) = items.get(a) {
-                        out.rejected.push((it.seq, it.rec.clone(), e.to_string()));
-                    }
-                    // A refused relay-only call cannot be split further; skip those relays.
-                    continue;
-                }
-                let mid = a + (b - a) / 2;
-                todo.push((mid, b, false));
-                todo.push((a, mid, with_registry));
-            }
-            Err(e) => return Err(e),
+            loaded_sighting_events = true;
+            todo.push((a, b));
+            continue;
         }
+        let split = matches!(e.failure(), Failure::Data | Failure::MissingEvent)
+            || (suspect && e.is_statement_error());
+        if !split {
+            return Err(e);
+        }
+        if b - a > 1 {
+            let mid = a + (b - a) / 2;
+            todo.push((mid, b));
+            todo.push((a, mid));
+            continue;
+        }
+        // One entry refused: is it the entry, or the archive?
+        call(ctx, &[], &[], relays)
+            .await
+            .map_err(|_| e.clone_msg())?;
+        let it = &items[a];
+        out.rejected.push((it.seq, it.rec.clone(), e.to_string()));
     }
     Ok(out)
 }

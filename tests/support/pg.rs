@@ -35,6 +35,16 @@ extern "C" fn stop_shared() {
 impl TestDb {
     /// A new cluster + PgBouncer for this test alone.
     pub fn start() -> TestDb {
+        Self::start_with(&[])
+    }
+
+    /// Like [`TestDb::start`], with PgBouncer requiring TLS (certificate for 127.0.0.1 signed
+    /// by the throwaway CA in `dir/ca.crt`).
+    pub fn start_tls() -> TestDb {
+        Self::start_with(&["tls"])
+    }
+
+    fn start_with(extra: &[&str]) -> TestDb {
         let dir = std::env::temp_dir().join(format!(
             "bigbrotr-testdb-{}-{}",
             std::process::id(),
@@ -43,6 +53,7 @@ impl TestDb {
         let out = Command::new(script())
             .arg("up")
             .arg(&dir)
+            .args(extra)
             .output()
             .expect("run scripts/testdb");
         assert!(
