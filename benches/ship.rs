@@ -117,22 +117,31 @@ fn node_with_spool(dir: &Path, upstream: &str, pwfile: &Path, evs: &[Event]) -> 
     cfg_path
 }
 
-fn ship(cfg: &Path) -> Duration {
+/// Run `ship --once`: (wall time, CPU time of the node process).
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
+fn ship(cfg: &Path) -> (Duration, Duration) {
     let t = Instant::now();
-    let out = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["--config"])
         .arg(cfg)
         .args(["ship", "--once"])
         .env_remove("BIGBROTR_DB_PASSWORD")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .spawn()
         .expect("run bigbrotr ship");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; status and ru are valid out-parameters.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(rc, pid, "wait4");
     let d = t.elapsed();
     assert!(
-        out.status.success(),
-        "ship failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "ship failed"
     );
-    d
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec * 1000) as u32);
+    (d, tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 /// COPY text format escaping.
@@ -258,8 +267,8 @@ fn main() {
         db.psql(&b, &format!("\\copy event_relay FROM '{}'", rf.display()));
         let copy = t.elapsed();
 
-        let shipped = ship(&c1);
-        let replay = ship(&c2);
+        let (shipped, ship_cpu) = ship(&c1);
+        let (replay, _) = ship(&c2);
         assert_eq!(db.psql(&a, "SELECT count(*) FROM event"), n.to_string());
         assert_eq!(
             db.psql(&a, "SELECT count(*) FROM event_relay"),
@@ -270,19 +279,20 @@ fn main() {
         let ship_rate = rows / shipped.as_secs_f64();
         let replay_rate = rows / replay.as_secs_f64();
         println!(
-            "round {round}: copy {:.0} rows/s ({:.2} s), ship {:.0} rows/s ({:.2} s) = {:.2}x, replay {:.0} rows/s = {:.2}x",
+            "round {round}: copy {:.0} rows/s ({:.2} s), ship {:.0} rows/s ({:.2} s, node CPU {:.2} s) = {:.2}x, replay {:.0} rows/s = {:.2}x",
             copy_rate,
             copy.as_secs_f64(),
             ship_rate,
             shipped.as_secs_f64(),
+            ship_cpu.as_secs_f64(),
             ship_rate / copy_rate,
             replay_rate,
             replay_rate / copy_rate
         );
         ratios.push(ship_rate / copy_rate);
         replay_ratios.push(replay_rate / copy_rate);
-        db.psql("postgres", &format!("DROP DATABASE {a}"));
-        db.psql("postgres", &format!("DROP DATABASE {b}"));
+        db.psql("postgres", &format!("DROP DATABASE {a} WITH (FORCE)"));
+        db.psql("postgres", &format!("DROP DATABASE {b} WITH (FORCE)"));
     }
     println!(
         "ship/copy median {:.2}x (goal 0.80); replay/copy median {:.2}x",

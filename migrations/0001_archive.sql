@@ -128,7 +128,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The calling node's row: created on first use; a key already registered to another role is
--- refused (a node cannot report under someone else's identity).
+-- refused (a node cannot report under someone else's identity). Takes no row lock on an
+-- existing node, so one node's concurrent batches do not serialize here (the counters are
+-- updated at the end of each batch).
 CREATE FUNCTION node_touch(p_node bytea) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
@@ -138,11 +140,10 @@ BEGIN
         RAISE EXCEPTION 'the archive database must use UTF8 encoding, not %',
             current_setting('server_encoding') USING ERRCODE = 'BB001';
     END IF;
-    INSERT INTO node AS n (id, name, first_seen, last_seen)
+    INSERT INTO node (id, name, first_seen, last_seen)
     VALUES (p_node, session_user, now_s, now_s)
-    ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen
-        WHERE n.name = excluded.name;
-    IF NOT FOUND THEN
+    ON CONFLICT (id) DO NOTHING;
+    IF NOT EXISTS (SELECT 1 FROM node WHERE id = p_node AND name = session_user) THEN
         RAISE EXCEPTION 'node key % is registered to another database role', encode(p_node, 'hex')
             USING ERRCODE = '42501';
     END IF;
@@ -196,6 +197,7 @@ BEGIN
     GET DIAGNOSTICS sightings_new = ROW_COUNT;
 
     UPDATE node SET
+        last_seen = extract(epoch FROM clock_timestamp())::bigint,
         batches = batches + 1,
         events_sent = events_sent + coalesce(cardinality(p_id), 0),
         events_new = node.events_new + ingest_batch.events_new,
@@ -240,7 +242,9 @@ BEGIN
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
 
-    UPDATE node SET observations_sent = observations_sent + coalesce(cardinality(p_type), 0)
+    UPDATE node SET
+        last_seen = extract(epoch FROM clock_timestamp())::bigint,
+        observations_sent = observations_sent + coalesce(cardinality(p_type), 0)
     WHERE id = p_node;
     RETURN n;
 END $$;

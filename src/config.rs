@@ -303,6 +303,8 @@ pub struct UpstreamConfig {
     pub batch_size: usize,
     /// Event bytes per transaction, whatever the count (default 16 MiB).
     pub batch_max_mb: usize,
+    /// Batches in flight at once, each on its own connection (default 2).
+    pub connections: usize,
     /// How often an empty spool is looked at again (default 1 s).
     pub poll_secs: u64,
     /// Retry delays while the archive is unreachable: exponential with jitter (1 s .. 60 s).
@@ -325,6 +327,7 @@ impl Default for UpstreamConfig {
             password_file: None,
             batch_size: 2000,
             batch_max_mb: 16,
+            connections: 2,
             poll_secs: 1,
             retry_min_secs: 1,
             retry_max_secs: 60,
@@ -449,6 +452,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !(1..=16).contains(&self.upstream.connections) {
+            return Err(bad("upstream.connections", "must be between 1 and 16"));
         }
         if !(1..=1024).contains(&self.upstream.batch_max_mb) {
             return Err(bad("upstream.batch_max_mb", "must be between 1 and 1024"));

@@ -144,7 +144,7 @@ pub fn ship_context(
     let (keys, _) = crate::keys::load_or_create(&cfg.key_file())?;
     let pool = Pool::new(
         target,
-        1,
+        cfg.upstream.connections,
         Duration::from_secs(cfg.upstream.batch_timeout_secs),
     );
     Ok(Some(ShipContext {

@@ -144,7 +144,7 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
         let entries = ctx
             .stores
             .events
-            .spool_peek(batch_limit)
+            .spool_peek(batch_limit * ctx.cfg.connections)
             .map_err(|e| store_err(&e))?;
         let registry = state
             .relays_after(relay_wm, REGISTRY_PER_BATCH)
@@ -177,7 +177,7 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
         }
         let head = last_seq.map(|_| items.first().map_or(0, |i| i.seq));
         let suspect = stuck.0 == head && stuck.1 >= SUSPECT_AFTER;
-        let result = match ship_all(ctx, &mut items, &relays, suspect).await {
+        let result = match ship_parallel(ctx, &mut items, &relays, suspect).await {
             Ok(mut out) => {
                 rejected.append(&mut out.rejected);
                 for (seq, _, reason) in &rejected {
@@ -262,6 +262,35 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
             }
         }
     }
+}
+
+/// Ship `items` as up to `upstream.connections` batches at once, one transaction each (the
+/// archive has more than one core; one stream leaves it idle half the time). All or nothing
+/// for the caller: if any batch fails, nothing is acked and the batches that did commit are
+/// replayed later, harmlessly.
+async fn ship_parallel(
+    ctx: &ShipContext,
+    items: &mut [Item],
+    relays: &HashMap<u32, RelayInfo>,
+    suspect: bool,
+) -> Result<Outcome, ArchiveError> {
+    let per = items.len().div_ceil(ctx.cfg.connections.max(1)).max(1);
+    let results = futures_util::future::join_all(
+        items
+            .chunks_mut(per)
+            .map(|chunk| ship_all(ctx, chunk, relays, suspect)),
+    )
+    .await;
+    let mut out = Outcome::default();
+    for r in results {
+        let mut o = r?;
+        out.events_new += o.events_new;
+        out.sightings_new += o.sightings_new;
+        out.events_sent += o.events_sent;
+        out.sightings_sent += o.sightings_sent;
+        out.rejected.append(&mut o.rejected);
+    }
+    Ok(out)
 }
 
 /// Registry relays no event mentioned yet, in a call of their own (so a refused relay never
