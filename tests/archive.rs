@@ -710,6 +710,83 @@ async fn run_ships_and_pauses_syncing_at_the_spool_quota() {
     assert!(child.wait().unwrap().success(), "run stops cleanly");
 }
 
+/// Monitor observations (what the monitor will ship): documents stored once by content, one
+/// time series per relay per vantage node, callable by a node role and nothing more.
+#[test]
+fn observations_are_content_addressed_per_vantage_node() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let call = |role: &str, pw: &str, key: &str, at: &[i64], docs: &[&str]| {
+        let n = at.len();
+        let arr = |v: Vec<String>| format!("ARRAY[{}]", v.join(","));
+        let sql = format!(
+            "SELECT ingest_observations('\\x{key}', {}, {}, {}, {}, {})",
+            arr(vec!["'wss://r.example/'".to_string(); n]),
+            arr(vec!["'clearnet'".to_string(); n]),
+            arr(at.iter().map(|t| format!("{t}::bigint")).collect()),
+            arr(vec!["'nip11'".to_string(); n]),
+            arr(docs.iter().map(|d| format!("'{d}'")).collect()),
+        );
+        db.psql_as(role, pw, &name, &sql)
+    };
+    let (r1, p1) = node_role(db, &name);
+    let (r2, p2) = node_role(db, &name);
+    let (k1, k2) = ("a1".repeat(32), "b2".repeat(32));
+    // Two observations of the same document, written differently: one document stored.
+    assert_eq!(
+        call(
+            &r1,
+            &p1,
+            &k1,
+            &[10, 20],
+            &[r#"{"b": 1, "a": [2]}"#, r#"{"a":[2],"b":1}"#]
+        )
+        .as_deref(),
+        Ok("2")
+    );
+    // Replayed: nothing new.
+    assert_eq!(
+        call(
+            &r1,
+            &p1,
+            &k1,
+            &[10, 20],
+            &[r#"{"b": 1, "a": [2]}"#, r#"{"a":[2],"b":1}"#]
+        )
+        .as_deref(),
+        Ok("0")
+    );
+    // Another vantage node, same relay and time: its own series.
+    assert_eq!(
+        call(&r2, &p2, &k2, &[10], &[r#"{"a":[2],"b":1}"#]).as_deref(),
+        Ok("1")
+    );
+    assert_eq!(count(db, &name, "SELECT count(*) FROM metadata"), 1);
+    assert_eq!(
+        db.psql(&name, "SELECT encode(id, 'hex') = encode(sha256(convert_to(data::text, 'UTF8')), 'hex') FROM metadata"),
+        "t",
+        "content address = sha256 of the canonical jsonb text"
+    );
+    assert_eq!(
+        db.psql(
+            &name,
+            "SELECT encode(node_id, 'hex') || ':' || count(*) FROM relay_metadata GROUP BY node_id ORDER BY 1"
+        ),
+        format!("{k1}:2\n{k2}:1")
+    );
+    assert_eq!(
+        db.psql(
+            &name,
+            &format!("SELECT observations_sent FROM node WHERE name = '{r1}'")
+        ),
+        "4"
+    );
+    // Invalid JSON is refused as data, and changes nothing.
+    let err = call(&r1, &p1, &k1, &[30], &["{not json"]).unwrap_err();
+    assert!(err.contains("invalid input syntax for type json"), "{err}");
+    assert_eq!(count(db, &name, "SELECT count(*) FROM relay_metadata"), 3);
+}
+
 trait StatusKey {
     fn status_key(&self) -> String;
 }
