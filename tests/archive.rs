@@ -577,6 +577,25 @@ async fn hostile_rows_never_block_the_spool() {
         ),
         1
     );
+    // The operator lifts the policy; the refused entries are requeued and shipped; the ones
+    // PostgreSQL can never hold (U+0000) are set aside again.
+    db.psql(
+        &name,
+        "ALTER TABLE event DROP CONSTRAINT no_666; DROP TRIGGER no_777 ON event",
+    );
+    let out = node
+        .cmd()
+        .args(["ship", "--once", "--requeue-rejected"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "requeue: {}", stderr(&out));
+    assert!(stderr(&out).contains("requeued 5"), "{}", stderr(&out));
+    let mut want = want;
+    want.extend(bad[2..].iter().map(|e| e.id.clone()));
+    assert_same_ids(&archive_ids(db, &name), &want);
+    let st = node.status();
+    assert_eq!(st["ship_rejected"], 2, "{st}");
+    assert_eq!(st["spool_depth"], 0);
 }
 
 /// Events stored before `[upstream]` was configured are not in the spool; a later sighting of

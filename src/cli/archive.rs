@@ -156,7 +156,7 @@ pub fn ship_context(
     }))
 }
 
-pub fn cmd_ship(cfg: Config, once: bool) -> Result<ExitCode> {
+pub fn cmd_ship(cfg: Config, once: bool, requeue_rejected: bool) -> Result<ExitCode> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         let stores = Stores::open(&cfg)?;
@@ -170,6 +170,10 @@ pub fn cmd_ship(cfg: Config, once: bool) -> Result<ExitCode> {
                     .map_or("config.toml".into(), |p| p.display().to_string())
             );
         };
+        if requeue_rejected {
+            let n = stores.events.spool_requeue_rejected()?;
+            eprintln!("requeued {n} spool entries the archive had refused");
+        }
         let ctx = Arc::new(ctx);
         let result = shipper::run(&ctx, once).await;
         stores.events.flush()?;

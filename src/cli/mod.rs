@@ -70,6 +70,10 @@ enum Command {
         /// stays unreachable for upstream.give_up_secs
         #[arg(long)]
         once: bool,
+        /// First put the entries the archive refused earlier back into the spool (after fixing
+        /// the cause)
+        #[arg(long)]
+        requeue_rejected: bool,
     },
     /// The central PostgreSQL archive (connects with DATABASE_URL or [archive] database_url)
     Archive {
@@ -207,7 +211,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => cmd_status(&cfg, json),
-        Command::Ship { once } => archive::cmd_ship(cfg, once),
+        Command::Ship {
+            once,
+            requeue_rejected,
+        } => archive::cmd_ship(cfg, once, requeue_rejected),
         Command::Archive { command } => archive::cmd_archive(&cfg, command),
     }
 }

@@ -185,14 +185,8 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                 }
                 ctx.stores
                     .events
-                    .spool_reject(&rejected)
+                    .spool_settle(&rejected, last_seq)
                     .map_err(|e| store_err(&e))?;
-                if let Some(seq) = last_seq {
-                    ctx.stores
-                        .events
-                        .spool_ack(seq)
-                        .map_err(|e| store_err(&e))?;
-                }
                 stats.batches += u64::from(last_seq.is_some());
                 stats.events_sent += out.events_sent;
                 stats.events_new += out.events_new;
@@ -470,8 +464,13 @@ async fn ship_all(
             todo.push((a, b));
             continue;
         }
-        let split = matches!(e.failure(), Failure::Data | Failure::MissingEvent)
-            || (suspect && e.is_statement_error());
+        // Under suspicion, a refusal that is not about the server's state (a trigger raising,
+        // a statement timeout) also splits; a restart, deadlock or lost connection never does:
+        // those are retried whole, so no entry is blamed for the archive's trouble.
+        let refused = matches!(e, ArchiveError::Timeout { .. })
+            || (e.is_statement_error() && e.failure() == Failure::Setup);
+        let split =
+            matches!(e.failure(), Failure::Data | Failure::MissingEvent) || (suspect && refused);
         if !split {
             return Err(e);
         }

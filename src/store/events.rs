@@ -10,7 +10,7 @@
 //!    that return, so a cursor never passes data that is not durable; a crash between the two
 //!    replays the page, which dedup makes harmless.
 //! 3. An event enters the spool in the same batch that stores it; spool entries are removed only
-//!    by [`EventStore::spool_ack`], which the shipper calls after the archive's COMMIT.
+//!    by [`EventStore::spool_settle`] (or `spool_ack`), which the shipper calls after the archive's COMMIT.
 //! 5. A record that fails to decode is moved to the `quarantine` column family and counted,
 //!    never a crash loop.
 //!
@@ -514,30 +514,23 @@ impl EventStore {
 
     /// Remove spool records up to and including `through`: only after the archive committed them.
     pub fn spool_ack(&self, through: u64) -> Result<(), StoreError> {
-        let head = self.spool_head.load(Ordering::Relaxed);
-        if through < head {
-            return Ok(());
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(self.sync_writes);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            self.cf(CF_SPOOL),
-            head.to_be_bytes(),
-            (through + 1).to_be_bytes(),
-        );
-        self.db.write_opt(batch, &wo)?;
-        self.spool_head.store(through + 1, Ordering::Relaxed);
-        Ok(())
+        self.spool_settle(&[], Some(through))
     }
 
-    /// Set spool entries the archive cannot take aside (quarantine, with the reason), counted.
-    /// They are removed from the spool by the next [`EventStore::spool_ack`] that covers them.
-    pub fn spool_reject(&self, rejected: &[(u64, Vec<u8>, String)]) -> Result<(), StoreError> {
-        if rejected.is_empty() {
+    /// After a batch committed upstream: set the entries the archive cannot take aside
+    /// (quarantine, with the reason, counted) and remove every entry up to and including
+    /// `through`, in ONE atomic write (a crash never counts a rejection twice).
+    pub fn spool_settle(
+        &self,
+        rejected: &[(u64, Vec<u8>, String)],
+        through: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let head = self.spool_head.load(Ordering::Relaxed);
+        let through = through.filter(|t| *t >= head);
+        if rejected.is_empty() && through.is_none() {
             return Ok(());
         }
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let n = self.ship_rejected.load(Ordering::Relaxed) + rejected.len() as u64;
         let mut batch = WriteBatch::default();
         for (seq, rec, reason) in rejected {
@@ -554,12 +547,59 @@ impl EventStore {
             value.extend_from_slice(reason.as_bytes());
             batch.put_cf(self.cf(CF_QUARANTINE), qkey, value);
         }
-        batch.put_cf(self.cf(CF_META), META_SHIP_REJECTED, n.to_be_bytes());
+        if !rejected.is_empty() {
+            batch.put_cf(self.cf(CF_META), META_SHIP_REJECTED, n.to_be_bytes());
+        }
+        if let Some(t) = through {
+            batch.delete_range_cf(self.cf(CF_SPOOL), head.to_be_bytes(), (t + 1).to_be_bytes());
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_writes);
         self.db.write_opt(batch, &wo)?;
         self.ship_rejected.store(n, Ordering::Relaxed);
+        if let Some(t) = through {
+            self.spool_head.store(t + 1, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Put every entry the archive refused back into the spool (after the operator fixed the
+    /// cause: a constraint, a trigger, the database encoding). Returns how many. Entries the
+    /// archive can still not take are simply set aside again by the next batch.
+    pub fn spool_requeue_rejected(&self) -> Result<u64, StoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut prefix = CF_SPOOL.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = WriteBatch::default();
+        let mut next = self.next_spool.load(Ordering::Relaxed);
+        let mut n = 0u64;
+        let it = self.db.iterator_cf(
+            self.cf(CF_QUARANTINE),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Some(rec) = v.get(..45) {
+                batch.put_cf(self.cf(CF_SPOOL), next.to_be_bytes(), rec);
+                next += 1;
+                n += 1;
+            }
+            batch.delete_cf(self.cf(CF_QUARANTINE), &k);
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let left = self.ship_rejected.load(Ordering::Relaxed).saturating_sub(n);
+        batch.put_cf(self.cf(CF_META), META_SHIP_REJECTED, left.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        self.next_spool.store(next, Ordering::Relaxed);
+        self.ship_rejected.store(left, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// Seen-at time of the oldest spool entry (how far shipping lags), if any.
@@ -745,6 +785,52 @@ mod tests {
         drop(s);
         let s = open(dir.path(), true);
         assert_eq!(s.counters().spool_depth, 1, "depth recovered at open");
+    }
+
+    #[test]
+    fn settle_sets_rejected_aside_and_acks_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), true);
+        s.write_page(1, 50, &[ev(1, 10), ev(2, 11), ev(3, 12)], &[], None)
+            .unwrap();
+        let recs = s.spool_peek(10).unwrap();
+        let rejected = vec![(recs[1].0, recs[1].1.clone(), "refused".to_string())];
+        s.spool_settle(&rejected, Some(recs[1].0)).unwrap();
+        let c = s.counters();
+        assert_eq!((c.spool_depth, c.ship_rejected), (1, 1));
+        assert_eq!(s.spool_oldest_seen_at().unwrap(), Some(50));
+        // Settling an already acked range again changes nothing.
+        s.spool_settle(&[], Some(recs[0].0)).unwrap();
+        assert_eq!(s.counters().spool_depth, 1);
+        drop(s);
+        let s = open(dir.path(), true);
+        let c = s.counters();
+        assert_eq!(
+            (c.spool_depth, c.ship_rejected),
+            (1, 1),
+            "both survive a reopen"
+        );
+        let q: Vec<_> =
+            s.db.iterator_cf(s.cf(CF_QUARANTINE), IteratorMode::Start)
+                .map(|kv| kv.unwrap().1.to_vec())
+                .collect();
+        assert_eq!(q.len(), 1);
+        assert!(
+            q[0].ends_with(b"refused"),
+            "the reason is kept with the record"
+        );
+        s.spool_ack(recs[2].0).unwrap();
+        assert_eq!(s.spool_oldest_seen_at().unwrap(), None);
+        // Requeued: back in the spool with its original record, no longer counted as rejected.
+        assert_eq!(s.spool_requeue_rejected().unwrap(), 1);
+        let c = s.counters();
+        assert_eq!((c.spool_depth, c.ship_rejected), (1, 0));
+        assert_eq!(s.spool_peek(10).unwrap()[0].1, recs[1].1);
+        assert_eq!(
+            s.spool_requeue_rejected().unwrap(),
+            0,
+            "nothing left to requeue"
+        );
     }
 
     #[test]
