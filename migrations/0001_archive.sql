@@ -21,10 +21,18 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
 -- Nobody but the owner creates objects here: on PostgreSQL 14 every role may CREATE in public
--- by default, and a node role could then plant a function (say public.cardinality(bytea[]))
--- that the SECURITY DEFINER ingest functions would resolve to and run as the owner. (A
--- non-owner running this gets a warning instead; `archive verify` then reports it.)
+-- by default, and a node role could then plant a function (say public.cardinality(bytea[]),
+-- an exact match that beats the built-in cardinality(anyarray) whatever the search_path) that
+-- the SECURITY DEFINER ingest functions would run as the owner. A REVOKE by someone who does
+-- not own the schema only warns, so the result is checked and the migration refused.
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+DO $$ BEGIN
+    IF has_schema_privilege('public', 'public', 'CREATE') THEN
+        RAISE EXCEPTION 'every role may create objects in schema public, which would let node roles hijack the ingest functions'
+            USING HINT = 'as a superuser: ALTER SCHEMA public OWNER TO ' || current_user
+                || ' (or REVOKE CREATE ON SCHEMA public FROM PUBLIC), then migrate again';
+    END IF;
+END $$;
 
 -- Relays any node has seen or registered.
 CREATE TABLE relay (

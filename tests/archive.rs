@@ -806,6 +806,57 @@ fn observations_are_content_addressed_per_vantage_node() {
     assert_eq!(count(db, &name, "SELECT count(*) FROM relay_metadata"), 3);
 }
 
+/// On PostgreSQL 14 (or a schema owned by someone else) the REVOKE in the migration only warns:
+/// the migration must then refuse, naming the fix, and leave nothing behind.
+#[test]
+fn migrate_refuses_a_public_schema_everyone_can_write() {
+    let db = TestDb::shared();
+    let name = db.create_db();
+    let owner = db.role_name("owner");
+    db.psql(
+        "postgres",
+        &format!("CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD 'opw'; ALTER DATABASE {name} OWNER TO {owner}"),
+    );
+    db.psql(
+        &name,
+        "ALTER SCHEMA public OWNER TO postgres; GRANT CREATE ON SCHEMA public TO PUBLIC",
+    );
+    let migrate = || {
+        Node::new("")
+            .cmd()
+            .env(
+                "DATABASE_URL",
+                format!("postgres://{owner}@127.0.0.1:{}/{name}", db.pg_port),
+            )
+            .env("BIGBROTR_DB_PASSWORD", "opw")
+            .args(["archive", "migrate"])
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    assert!(!out.status.success(), "migrate must refuse");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("ALTER SCHEMA public OWNER TO {owner}")),
+        "{err}"
+    );
+    assert_eq!(
+        db.psql(&name, "SELECT to_regclass('public.event') IS NULL"),
+        "t",
+        "rolled back"
+    );
+    db.psql(&name, &format!("ALTER SCHEMA public OWNER TO {owner}"));
+    let out = migrate();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        db.psql(
+            &name,
+            "SELECT has_schema_privilege('bigbrotr_node', 'public', 'CREATE')"
+        ),
+        "f"
+    );
+}
+
 trait StatusKey {
     fn status_key(&self) -> String;
 }

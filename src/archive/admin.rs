@@ -57,9 +57,11 @@ pub async fn node_add(conn: &mut Conn, name: &str, reset: bool) -> Result<NodeRo
         // (privileged, already a node role) of an existing role with this name
         let existing = conn
             .query_typed(
-                "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls,
+                "SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls
+                        OR EXISTS (SELECT 1 FROM pg_auth_members m
+                                   WHERE m.member = r.oid AND m.roleid <> $2::regrole),
                         pg_has_role(rolname, $2, 'MEMBER')
-                 FROM pg_roles WHERE rolname = $1",
+                 FROM pg_roles r WHERE rolname = $1",
                 &[(&name, Type::TEXT), (&NODE_ROLE, Type::TEXT)],
             )
             .await?;
@@ -70,7 +72,7 @@ pub async fn node_add(conn: &mut Conn, name: &str, reset: bool) -> Result<NodeRo
                 return Err(ArchiveError::Other(format!(
                     "role {name} already exists and is not a node role ({}): choose another name",
                     if privileged {
-                        "it has superuser, createrole, createdb, replication or bypassrls"
+                        "it has superuser, createrole, createdb, replication or bypassrls, or belongs to other roles"
                     } else {
                         "it is not in bigbrotr_node"
                     }

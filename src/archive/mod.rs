@@ -80,6 +80,9 @@ impl ArchiveError {
                 if let Some(d) = db.detail() {
                     m.push_str(&format!(" ({d})"));
                 }
+                if let Some(h) = db.hint() {
+                    m.push_str(&format!(" (hint: {h})"));
+                }
                 m
             }
             None => {
@@ -100,32 +103,36 @@ impl ArchiveError {
         }
     }
 
-    /// The archive was reached and answered this statement with an error, or did not answer it
-    /// in time: the batch itself may be the cause (as opposed to the connection failing).
-    pub fn is_statement_error(&self) -> bool {
-        matches!(
-            self,
-            ArchiveError::Db { code: Some(_), .. } | ArchiveError::Timeout { .. }
-        )
+    /// The archive answered this statement with a refusal that is not about its own state
+    /// (data, a missing reference, a raised exception, a missing privilege): the batch may be
+    /// the cause. Restarts, deadlocks, lost connections and timeouts are not refusals.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ArchiveError::Db { code: Some(_), .. })
+            && matches!(
+                self.failure(),
+                Failure::Data | Failure::MissingEvent | Failure::Setup
+            )
     }
 
-    /// A copy carrying the same message and SQLSTATE (errors hold no live resources).
-    pub fn clone_msg(&self) -> ArchiveError {
+    /// The statement ran out of time (ours, or the server's statement_timeout): a smaller batch
+    /// may pass.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ArchiveError::Timeout { .. }) || self.code() == Some("57014")
+    }
+
+    /// TLS could not be set up (no TLS on the server, or a certificate we do not trust).
+    fn is_tls_failure(&self) -> bool {
         match self {
             ArchiveError::Db {
-                target,
+                code: None,
                 message,
-                code,
-            } => ArchiveError::Db {
-                target: target.clone(),
-                message: message.clone(),
-                code: code.clone(),
-            },
-            ArchiveError::Timeout { target, secs } => ArchiveError::Timeout {
-                target: target.clone(),
-                secs: *secs,
-            },
-            other => ArchiveError::Other(other.to_string()),
+                ..
+            } => {
+                message.contains("TLS")
+                    || message.contains("certificate")
+                    || message.contains("server does not support SSL")
+            }
+            _ => false,
         }
     }
 
@@ -137,7 +144,7 @@ impl ArchiveError {
     }
 
     pub fn failure(&self) -> Failure {
-        if self.is_auth_failure() {
+        if self.is_auth_failure() || self.is_tls_failure() {
             return Failure::Setup;
         }
         match self {
@@ -166,6 +173,11 @@ impl ArchiveError {
 
     /// The operator's next step, for errors that need one.
     pub fn hint(&self) -> Option<&'static str> {
+        if self.is_tls_failure() {
+            return Some(
+                "TLS to the archive failed: enable client_tls_* in PgBouncer (and set upstream.ca_file for a private CA), or choose sslmode in the URL explicitly",
+            );
+        }
         if self.is_auth_failure() {
             return Some(
                 "authentication failed: check BIGBROTR_DB_PASSWORD / upstream.password_file and the role name",
@@ -440,6 +452,34 @@ mod tests {
         assert_eq!(classify("23503"), Failure::MissingEvent);
         assert_eq!(classify("42883"), Failure::Setup);
         assert_eq!(classify("28P01"), Failure::Setup);
+    }
+
+    #[test]
+    fn refusals_timeouts_and_tls_failures_are_told_apart() {
+        let db = |code: Option<&str>, message: &str| ArchiveError::Db {
+            target: "t".into(),
+            message: message.into(),
+            code: code.map(str::to_string),
+        };
+        assert!(db(Some("22P05"), "x").is_refusal());
+        assert!(db(Some("P0001"), "raised").is_refusal());
+        assert!(!db(Some("57P01"), "terminating").is_refusal(), "a restart");
+        assert!(!db(Some("08P01"), "server conn crashed").is_refusal());
+        assert!(!db(Some("40P01"), "deadlock").is_refusal());
+        assert!(!db(None, "connection closed").is_refusal());
+        assert!(db(Some("57014"), "statement timeout").is_timeout());
+        let tls = db(
+            None,
+            "error performing TLS handshake: invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(tls.failure(), Failure::Setup);
+        assert!(tls.hint().unwrap().contains("client_tls"));
+        let auth = db(
+            Some("08P01"),
+            "FATAL: password authentication failed for user \"n\"",
+        );
+        assert_eq!(auth.failure(), Failure::Setup);
+        assert!(auth.hint().unwrap().contains("BIGBROTR_DB_PASSWORD"));
     }
 
     #[test]

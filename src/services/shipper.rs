@@ -219,16 +219,17 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                 }
             }
             Err(e) => {
-                if e.is_statement_error() {
-                    // The archive answered but refused or timed out on this batch: smaller
-                    // batches next, and after a few refusals of the same head, hunt for the
-                    // entries that cause it.
+                if e.is_refusal() || e.is_timeout() {
+                    // The archive refused or timed out on this batch: smaller batches next.
+                    batch_limit = (batch_limit / 2).max(1);
+                }
+                if e.is_refusal() {
+                    // After a few refusals of the same head, hunt for the entries that cause it.
                     stuck = if stuck.0 == head {
                         (head, stuck.1 + 1)
                     } else {
                         (head, 1)
                     };
-                    batch_limit = (batch_limit / 2).max(1);
                 }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 let msg = match e.hint() {
@@ -268,10 +269,26 @@ async fn ship_parallel(
     relays: &HashMap<u32, RelayInfo>,
     suspect: bool,
 ) -> Result<Outcome, ArchiveError> {
-    let per = items.len().div_ceil(ctx.cfg.connections.max(1)).max(1);
+    // Group by event id, so an event and its other sightings travel in the same transaction
+    // (a sighting in another, uncommitted batch would fail its foreign key check at once).
+    let n = ctx.cfg.connections.max(1);
+    items.sort_by_key(|it| (it.id[0] as usize % n, it.seq));
+    let mut chunks: Vec<&mut [Item]> = Vec::with_capacity(n);
+    let mut rest = items;
+    for k in 0..n {
+        let len = rest
+            .iter()
+            .take_while(|it| it.id[0] as usize % n == k)
+            .count();
+        let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        rest = tail;
+    }
     let results = futures_util::future::join_all(
-        items
-            .chunks_mut(per)
+        chunks
+            .into_iter()
             .map(|chunk| ship_all(ctx, chunk, relays, suspect)),
     )
     .await;
@@ -464,14 +481,12 @@ async fn ship_all(
             todo.push((a, b));
             continue;
         }
-        // Under suspicion, a refusal that is not about the server's state (a trigger raising,
-        // a statement timeout) also splits; a restart, deadlock or lost connection never does:
-        // those are retried whole, so no entry is blamed for the archive's trouble.
-        let refused = matches!(e, ArchiveError::Timeout { .. })
-            || (e.is_statement_error() && e.failure() == Failure::Setup);
-        let split =
-            matches!(e.failure(), Failure::Data | Failure::MissingEvent) || (suspect && refused);
-        if !split {
+        // Under suspicion, any refusal (a trigger raising, say) splits too. A timeout, restart,
+        // deadlock or lost connection never does: those are retried whole, so no entry is
+        // blamed for the archive's trouble.
+        let split = matches!(e.failure(), Failure::Data | Failure::MissingEvent)
+            || (suspect && e.is_refusal());
+        if !split || !e.is_refusal() {
             return Err(e);
         }
         if b - a > 1 {
@@ -480,12 +495,23 @@ async fn ship_all(
             todo.push((a, mid));
             continue;
         }
-        // One entry refused: is it the entry, or the archive?
-        call(ctx, &[], &[], relays)
-            .await
-            .map_err(|_| e.clone_msg())?;
-        let it = &items[a];
-        out.rejected.push((it.seq, it.rec.clone(), e.to_string()));
+        // One entry refused: is it the entry, or the archive? An empty batch must pass, and
+        // the entry must then be refused again the same way.
+        call(ctx, &[], &[], relays).await?;
+        match call(ctx, &items[a..b], &[], relays).await {
+            Ok((en, sn, es, ss)) => {
+                out.events_new += en;
+                out.sightings_new += sn;
+                out.events_sent += es;
+                out.sightings_sent += ss;
+            }
+            Err(again) if again.is_refusal() && again.code() == e.code() => {
+                let it = &items[a];
+                out.rejected
+                    .push((it.seq, it.rec.clone(), again.to_string()));
+            }
+            Err(other) => return Err(other),
+        }
     }
     Ok(out)
 }
