@@ -49,17 +49,27 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_relays));
     let running: Arc<Mutex<HashSet<u32>>> = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut paused = false;
     loop {
         if ctx.shutdown.is_triggered() {
             break;
         }
         while tasks.try_join_next().is_some() {}
         if let Some(reason) = ctx.pause_reason() {
-            tracing::warn!(reason = %reason, "synchronization paused");
-            if ctx.shutdown.sleep(Duration::from_secs(10)).await {
+            // Checked every second (a counter and a statvfs), so syncing resumes as soon as
+            // the shipper made room; logged once per pause.
+            if !paused {
+                tracing::warn!(reason = %reason, "synchronization paused");
+                paused = true;
+            }
+            if ctx.shutdown.sleep(Duration::from_secs(1)).await {
                 break;
             }
             continue;
+        }
+        if paused {
+            tracing::info!("synchronization resumed");
+            paused = false;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
