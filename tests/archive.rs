@@ -857,6 +857,49 @@ fn migrate_refuses_a_public_schema_everyone_can_write() {
     );
 }
 
+/// `node add NAME --key K` binds the node's key before it first ships: another node role can
+/// then not claim it, and binding it twice to different roles is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_add_binds_a_key_before_first_ship() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let key = nostr::Keys::generate();
+    let (sk, pk) = (key.secret_key().to_secret_hex(), key.public_key().to_hex());
+    let owner = db.role_name("node");
+    let out = admin(db, &name, &["node", "add", &owner, "--key", &pk]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pw_owner = password_in(&stdout(&out));
+    let out = admin(db, &name, &["node", "add", &owner, "--key", &pk]);
+    assert!(out.status.success(), "idempotent: {}", stderr(&out));
+    let (squatter, pw_squatter) = node_role(db, &name);
+    let out = admin(db, &name, &["node", "add", &squatter, "--key", &pk]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("bound to role {owner}")),
+        "{}",
+        stderr(&out)
+    );
+    let relay = local_relay(&notes(2, &keys(1), |i| T0 + i as u64), RelayOpts::default()).await;
+    for (role, pw, ok) in [(&squatter, &pw_squatter, false), (&owner, &pw_owner, true)] {
+        let node = shipping_node(db, &name, role, pw, "give_up_secs = 1\n");
+        let mut c = node.cmd();
+        c.env("BIGBROTR_NODE_KEY", &sk)
+            .args(["sync", "--relay", &relay.url, "--once"]);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success(), "sync: {}", stderr(&out));
+        let out = node
+            .cmd()
+            .env("BIGBROTR_NODE_KEY", &sk)
+            .args(["ship", "--once"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.success(), ok, "{role}: {}", stderr(&out));
+    }
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event"), 2);
+}
+
 trait StatusKey {
     fn status_key(&self) -> String;
 }

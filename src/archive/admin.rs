@@ -116,6 +116,35 @@ pub async fn node_add(conn: &mut Conn, name: &str, reset: bool) -> Result<NodeRo
     )))
 }
 
+/// Bind a node's public key to role `name` before the node first ships, so no other node role
+/// can claim it (keys are public: relays see them in NIP-42 AUTH). Idempotent; a key already
+/// bound to another role is an error naming that role.
+pub async fn bind_key(conn: &mut Conn, name: &str, key: &[u8; 32]) -> Result<(), ArchiveError> {
+    let key = key.to_vec();
+    let name_s = name.to_string();
+    let rows = conn
+        .query_typed(
+            "WITH ins AS (
+                 INSERT INTO node (id, name, first_seen, last_seen)
+                 VALUES ($1, $2, extract(epoch FROM now())::bigint, extract(epoch FROM now())::bigint)
+                 ON CONFLICT (id) DO NOTHING RETURNING name)
+             SELECT name FROM ins UNION ALL SELECT name FROM node WHERE id = $1",
+            &[(&key, Type::BYTEA), (&name_s, Type::TEXT)],
+        )
+        .await?;
+    let bound: Option<String> = rows.first().map(|r| r.get(0));
+    match bound {
+        Some(b) if b == name => Ok(()),
+        Some(other) => Err(ArchiveError::Other(format!(
+            "node key {} is already bound to role {other}",
+            hex::encode(key)
+        ))),
+        None => Err(ArchiveError::Other(
+            "the node key could not be bound".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

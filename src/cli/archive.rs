@@ -37,6 +37,10 @@ pub enum NodeCommand {
         name: String,
         #[arg(long)]
         reset_password: bool,
+        /// The node's public key (hex or npub, `bigbrotr init` prints it): bind it to NAME now,
+        /// so no other node role can claim it
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -95,12 +99,25 @@ pub fn cmd_archive(cfg: &Config, command: ArchiveCommand) -> Result<ExitCode> {
                 })
             }
             ArchiveCommand::Node {
-                command: NodeCommand::Add {
-                    name,
-                    reset_password,
-                },
+                command:
+                    NodeCommand::Add {
+                        name,
+                        reset_password,
+                        key,
+                    },
             } => {
+                let key = key
+                    .map(|k| {
+                        nostr::PublicKey::parse(&k).map_err(|e| {
+                            anyhow::anyhow!("--key {k:?} is not a public key (64 hex or npub): {e}")
+                        })
+                    })
+                    .transpose()?;
                 let role = admin::node_add(&mut conn, &name, reset_password).await?;
+                if let Some(k) = key {
+                    admin::bind_key(&mut conn, &name, &k.to_bytes()).await?;
+                    println!("node key {} is bound to {name}", k.to_hex());
+                }
                 let shown = &pool.target().shown;
                 let host_db = shown.split_once('@').map_or("HOST:PORT/DB", |(_, r)| r);
                 match &role.password {
