@@ -630,6 +630,17 @@ async fn sightings_of_events_stored_before_upstream_bring_their_events() {
     assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 80);
     assert_eq!(node.status()["ship_rejected"], 0);
     assert_archive_faithful(db, &name);
+    // The history from before [upstream]: `ship --backfill` queues all of it.
+    let out = node
+        .cmd()
+        .args(["ship", "--once", "--backfill"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "backfill: {}", stderr(&out));
+    assert!(stderr(&out).contains("queued 200"), "{}", stderr(&out));
+    assert_same_ids(&archive_ids(db, &name), &ids_of(&evs));
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 200);
+    assert_eq!(node.status()["spool_depth"], 0);
 }
 
 /// A node key is bound to the role that first shipped with it: another role cannot report

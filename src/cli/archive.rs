@@ -173,7 +173,12 @@ pub fn ship_context(
     }))
 }
 
-pub fn cmd_ship(cfg: Config, once: bool, requeue_rejected: bool) -> Result<ExitCode> {
+pub fn cmd_ship(
+    cfg: Config,
+    once: bool,
+    requeue_rejected: bool,
+    backfill: bool,
+) -> Result<ExitCode> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         let stores = Stores::open(&cfg)?;
@@ -187,6 +192,10 @@ pub fn cmd_ship(cfg: Config, once: bool, requeue_rejected: bool) -> Result<ExitC
                     .map_or("config.toml".into(), |p| p.display().to_string())
             );
         };
+        if backfill {
+            let n = stores.events.spool_backfill(10_000)?;
+            eprintln!("queued {n} spool entries: every stored event and sighting");
+        }
         if requeue_rejected {
             let n = stores.events.spool_requeue_rejected()?;
             eprintln!("requeued {n} spool entries the archive had refused");

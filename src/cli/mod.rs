@@ -74,6 +74,10 @@ enum Command {
         /// the cause)
         #[arg(long)]
         requeue_rejected: bool,
+        /// First queue everything already stored (a node that ran without [upstream] before):
+        /// every event and every relay it was seen on
+        #[arg(long)]
+        backfill: bool,
     },
     /// The central PostgreSQL archive (connects with DATABASE_URL or [archive] database_url)
     Archive {
@@ -214,7 +218,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ship {
             once,
             requeue_rejected,
-        } => archive::cmd_ship(cfg, once, requeue_rejected),
+            backfill,
+        } => archive::cmd_ship(cfg, once, requeue_rejected, backfill),
         Command::Archive { command } => archive::cmd_archive(&cfg, command),
     }
 }

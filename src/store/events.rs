@@ -563,6 +563,71 @@ impl EventStore {
         Ok(())
     }
 
+    /// Queue everything already stored for shipping: every event once (`E`) and each further
+    /// relay it was seen on (`S`), as if it had just been synced. For a node that ran without
+    /// `[upstream]` before (its history never entered the spool). Written in chunks of
+    /// `chunk` entries; replays are harmless upstream. Returns the entries added.
+    pub fn spool_backfill(&self, chunk: usize) -> Result<u64, StoreError> {
+        let mut added = 0u64;
+        let mut last_id: Option<[u8; 32]> = None;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.next_spool.load(Ordering::Relaxed);
+            let mut batch = WriteBatch::default();
+            let mut n = 0usize;
+            let mut resume = None;
+            let it = self.db.iterator_cf(
+                self.cf(CF_SEEN),
+                IteratorMode::From(&from, Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item?;
+                if k.as_ref() == from.as_slice() {
+                    continue; // the last key of the previous chunk
+                }
+                if n >= chunk {
+                    resume = Some(k.to_vec());
+                    break;
+                }
+                let (Ok(id), Some(at)) = (
+                    <[u8; 32]>::try_from(&k[..k.len().min(32)]),
+                    v.as_ref().try_into().ok().map(u64::from_be_bytes),
+                ) else {
+                    continue;
+                };
+                let Some(relay) = k.get(32..36) else {
+                    continue;
+                };
+                let mut rec = [0u8; 45];
+                rec[0] = if last_id == Some(id) {
+                    SPOOL_SEEN
+                } else {
+                    SPOOL_EVENT
+                };
+                rec[1..33].copy_from_slice(&id);
+                rec[33..37].copy_from_slice(relay);
+                rec[37..].copy_from_slice(&at.to_be_bytes());
+                batch.put_cf(self.cf(CF_SPOOL), next.to_be_bytes(), rec);
+                next += 1;
+                n += 1;
+                last_id = Some(id);
+                from = k.to_vec();
+            }
+            if n > 0 {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(self.sync_writes);
+                self.db.write_opt(batch, &wo)?;
+                self.next_spool.store(next, Ordering::Relaxed);
+                added += n as u64;
+            }
+            match resume {
+                Some(_) => continue,
+                None => return Ok(added),
+            }
+        }
+    }
+
     /// Put every entry the archive refused back into the spool (after the operator fixed the
     /// cause: a constraint, a trigger, the database encoding). Returns how many. Entries the
     /// archive can still not take are simply set aside again by the next batch.
@@ -830,6 +895,39 @@ mod tests {
             s.spool_requeue_rejected().unwrap(),
             0,
             "nothing left to requeue"
+        );
+    }
+
+    #[test]
+    fn backfill_queues_every_event_once_and_every_other_sighting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), false);
+        s.write_page(1, 50, &[ev(1, 10), ev(2, 11), ev(3, 12)], &[], None)
+            .unwrap();
+        s.write_page(2, 60, &[ev(2, 11)], &[], None).unwrap();
+        assert_eq!(s.counters().spool_depth, 0, "spool off");
+        // A chunk of 2 makes it resume mid-way (and mid-event) twice.
+        assert_eq!(s.spool_backfill(2).unwrap(), 4);
+        let recs = s.spool_peek(10).unwrap();
+        let got: Vec<(u8, u8, u32, u64)> = recs
+            .iter()
+            .map(|(_, r)| {
+                (
+                    r[0],
+                    r[1],
+                    u32::from_be_bytes(r[33..37].try_into().unwrap()),
+                    u64::from_be_bytes(r[37..45].try_into().unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (SPOOL_EVENT, 1, 1, 50),
+                (SPOOL_EVENT, 2, 1, 50),
+                (SPOOL_SEEN, 2, 2, 60),
+                (SPOOL_EVENT, 3, 1, 50)
+            ]
         );
     }
 
