@@ -59,6 +59,23 @@ fn shipping_node(db: &TestDb, dbname: &str, role: &str, password: &str, extra: &
     ))
 }
 
+/// `sync --once` from `relay` then `ship --once`, both with node key `key` (hex); the ship's
+/// output.
+async fn sync_then_ship_as(node: &Node, relay: &str, key: &str) -> Output {
+    let mut c = node.cmd();
+    c.env("BIGBROTR_NODE_KEY", key)
+        .args(["sync", "--relay", relay, "--once"]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "sync: {}", stderr(&out));
+    node.cmd()
+        .env("BIGBROTR_NODE_KEY", key)
+        .args(["ship", "--once"])
+        .output()
+        .unwrap()
+}
+
 fn ship_once(node: &Node) -> Output {
     node.cmd()
         .env_remove("BIGBROTR_DB_PASSWORD")
@@ -655,19 +672,7 @@ async fn a_node_key_cannot_ship_under_two_roles() {
     for _ in 0..2 {
         let (role, pw) = node_role(db, &name);
         let node = shipping_node(db, &name, &role, &pw, "give_up_secs = 1\n");
-        let mut c = node.cmd();
-        c.env("BIGBROTR_NODE_KEY", &key)
-            .args(["sync", "--relay", &relay.url, "--once"]);
-        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap();
-        assert!(out.status.success(), "sync: {}", stderr(&out));
-        let out = node
-            .cmd()
-            .env("BIGBROTR_NODE_KEY", &key)
-            .args(["ship", "--once"])
-            .output()
-            .unwrap();
+        let out = sync_then_ship_as(&node, &relay.url, &key).await;
         shipped.push((role, out, node));
     }
     assert!(shipped[0].1.status.success(), "{}", stderr(&shipped[0].1));
@@ -893,19 +898,7 @@ async fn node_add_binds_a_key_before_first_ship() {
     let relay = local_relay(&notes(2, &keys(1), |i| T0 + i as u64), RelayOpts::default()).await;
     for (role, pw, ok) in [(&squatter, &pw_squatter, false), (&owner, &pw_owner, true)] {
         let node = shipping_node(db, &name, role, pw, "give_up_secs = 1\n");
-        let mut c = node.cmd();
-        c.env("BIGBROTR_NODE_KEY", &sk)
-            .args(["sync", "--relay", &relay.url, "--once"]);
-        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap();
-        assert!(out.status.success(), "sync: {}", stderr(&out));
-        let out = node
-            .cmd()
-            .env("BIGBROTR_NODE_KEY", &sk)
-            .args(["ship", "--once"])
-            .output()
-            .unwrap();
+        let out = sync_then_ship_as(&node, &relay.url, &sk).await;
         assert_eq!(out.status.success(), ok, "{role}: {}", stderr(&out));
     }
     assert_eq!(count(db, &name, "SELECT count(*) FROM event"), 2);
