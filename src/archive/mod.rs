@@ -330,11 +330,6 @@ impl Target {
     pub fn tls(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
         self.tls.clone()
     }
-
-    /// The user name the URL logs in as.
-    pub fn user(&self) -> Option<&str> {
-        self.config.get_user()
-    }
 }
 
 /// Every host is this machine (loopback address, `localhost` or a Unix socket).
