@@ -169,7 +169,7 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
             &ctx.stores,
             entries,
             &mut relays,
-            ctx.cfg.batch_max_mb << 20,
+            (ctx.cfg.batch_max_mb << 20) * ctx.cfg.connections,
         )
         .map_err(|e| store_err(&e))?;
         for r in &registry {
