@@ -64,6 +64,17 @@ enum Command {
         #[command(subcommand)]
         command: RelaysCommand,
     },
+    /// Check one relay from this node: NIP-11 document and NIP-66 open/read/write round trips
+    Monitor {
+        /// Relay URL (ws:// or wss://)
+        #[arg(long)]
+        relay: String,
+        /// Check once and print the result (the only mode built so far)
+        #[arg(long, required = true)]
+        once: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ship the spool to the upstream archive ([upstream] database_url) without syncing
     Ship {
         /// Drain the spool to empty and exit: 0 when done, 1 with the reason if the archive
@@ -215,6 +226,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => cmd_status(&cfg, json),
+        Command::Monitor {
+            relay,
+            once: _,
+            json,
+        } => cmd_monitor(&cfg, &relay, json),
         Command::Ship {
             once,
             requeue_rejected,
@@ -607,6 +623,86 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_monitor(cfg: &Config, relay: &str, json: bool) -> Result<ExitCode> {
+    let url = parse_relay_url(relay, &cfg.network.url_policy()).with_context(|| {
+        format!(
+            "cannot check {relay:?} (set [network] allow_local = true for loopback/private relays)"
+        )
+    })?;
+    let (keys, _) = crate::keys::load_or_create(&cfg.key_file())?;
+    let timeout = Duration::from_secs(cfg.sync.page_timeout_secs);
+    let rt = runtime()?;
+    let (nip11, rtt) = rt.block_on(async {
+        let dialer = Dialer::new(
+            cfg.network.url_policy(),
+            Duration::from_secs(cfg.network.connect_timeout_secs),
+        );
+        let nip11 = crate::net::nip11::fetch(&dialer, &url, timeout).await;
+        let rtt = crate::services::monitor::rtt::round_trips(
+            &dialer,
+            &url,
+            &keys,
+            cfg.network.max_message_bytes,
+            timeout,
+        )
+        .await;
+        (nip11, rtt)
+    });
+    let (nip11_doc, nip11_error) = match &nip11 {
+        Ok(info) => (
+            serde_json::json!({
+                "name": info.name,
+                "software": info.software,
+                "version": info.version,
+                "supported_nips": info.supported_nips,
+                "max_limit": info.limitation.max_limit,
+            }),
+            None,
+        ),
+        Err(e) => (serde_json::Value::Null, Some(e.to_string())),
+    };
+    if json {
+        let v = serde_json::json!({
+            "url": url.to_string(),
+            "nip11": nip11_doc,
+            "nip11_error": nip11_error,
+            "rtt": rtt,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("relay:        {url}");
+        match &nip11_error {
+            None => println!("nip11:        {nip11_doc}"),
+            Some(e) => println!("nip11:        failed: {e}"),
+        }
+        let show = |v: Option<u64>| v.map_or("-".to_string(), |m| format!("{m} ms"));
+        println!(
+            "rtt:          open {}, read {}, write {}",
+            show(rtt.open_ms),
+            show(rtt.read_ms),
+            show(rtt.write_ms)
+        );
+        if let Some(p) = &rtt.read_policy {
+            println!("read policy:  {p}");
+        }
+        if let Some(p) = &rtt.write_policy {
+            println!("write policy: {p}");
+        }
+        if let Some(b) = rtt.write_read_back {
+            println!("read back:    {}", if b { "yes" } else { "no" });
+        }
+        for e in &rtt.errors {
+            println!("error:        {e}");
+        }
+    }
+    // Policy answers are facts about the relay; only an unreachable relay is a failed check.
+    Ok(if rtt.open_ms.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn now_secs() -> u64 {

@@ -2,6 +2,7 @@
 //! runs them.
 
 pub mod finder;
+pub mod monitor;
 pub mod seeder;
 pub mod shipper;
 pub mod supervisor;
