@@ -111,3 +111,106 @@ async fn silent_relay_times_out_and_unreachable_relay_fails() {
         "{v}"
     );
 }
+
+/// A tiny HTTP server on `ip`: `GET /doc` answers a NIP-11 document; any other path a 301 to
+/// `redirect_to` (`{port}` replaced by this server's port). Counts connections.
+async fn http_server(
+    ip: &str,
+    redirect_to: &'static str,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            h.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let resp = if path == "/doc" {
+                    let body = r#"{"name":"redirected","supported_nips":[1,11]}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/nostr+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    let to = redirect_to.replace("{port}", &port.to_string());
+                    format!("HTTP/1.1 301 Moved\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nip11_redirects_are_followed_and_rechecked_against_the_ssrf_policy() {
+    use std::sync::atomic::Ordering;
+    // Followed: a relative redirect on the same (allowed) host.
+    let (port, _) = http_server("127.0.0.1", "/doc").await;
+    let node = Node::new("");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    assert_eq!(v["nip11"]["name"], "redirected", "{v}");
+
+    // Refused: only 127.0.0.1 is allowed; the redirect points at 127.0.0.2, which is never
+    // dialed (a listener there counts connections).
+    let (other, other_hits) = http_server("127.0.0.2", "/doc").await;
+    let to: &'static str = Box::leak(format!("http://127.0.0.2:{other}/doc").into_boxed_str());
+    let (port, _) = http_server("127.0.0.1", to).await;
+    let node = Node::new("");
+    let cfg = std::fs::read_to_string(&node.config).unwrap().replace(
+        "allow_local = true",
+        "allow_local = false\nallow_hosts = [\"127.0.0.1\"]",
+    );
+    std::fs::write(&node.config, cfg).unwrap();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    let err = v["nip11_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("redirect to") && err.contains("refused"),
+        "{v}"
+    );
+    assert_eq!(
+        other_hits.load(Ordering::Relaxed),
+        0,
+        "127.0.0.2 was never dialed"
+    );
+
+    // A redirect loop ends after a few hops.
+    let (port, hits) = http_server("127.0.0.1", "/loop").await;
+    let node = Node::new("");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    assert!(
+        v["nip11_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than 3 redirects"),
+        "{v}"
+    );
+    // 4 GETs for NIP-11 plus the websocket attempt.
+    assert_eq!(hits.load(Ordering::Relaxed), 5);
+}

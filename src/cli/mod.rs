@@ -639,7 +639,7 @@ fn cmd_monitor(cfg: &Config, relay: &str, json: bool) -> Result<ExitCode> {
             cfg.network.url_policy(),
             Duration::from_secs(cfg.network.connect_timeout_secs),
         );
-        let nip11 = crate::net::nip11::fetch(&dialer, &url, timeout).await;
+        let nip11 = crate::net::nip11::fetch_following(&dialer, &url, timeout).await;
         let rtt = crate::services::monitor::rtt::round_trips(
             &dialer,
             &url,

@@ -2,8 +2,9 @@
 //!
 //! `ws://` becomes `http://` and `wss://` becomes `https://` on the same host, port and path; the
 //! request carries `Accept: application/nostr+json`; the body is capped at 1 MiB and the whole
-//! exchange at the dialer's timeout. Redirects are not followed here (the monitor follows them
-//! after re-checking each target against the SSRF policy).
+//! exchange at the dialer's timeout. [`fetch`] does not follow redirects; [`fetch_following`]
+//! follows at most [`MAX_REDIRECTS`], re-checking every target against the SSRF policy before
+//! anything is dialed.
 
 use std::time::Duration;
 
@@ -26,7 +27,16 @@ pub enum Nip11Error {
     Document { url: String, reason: String },
     #[error("{url}: HTTP status {status}, no NIP-11 document")]
     Status { url: String, status: u16 },
+    #[error("{url}: redirect to {to:?} refused: {reason}")]
+    Redirect {
+        url: String,
+        to: String,
+        reason: String,
+    },
 }
+
+/// Redirects [`fetch_following`] follows.
+pub const MAX_REDIRECTS: usize = 3;
 
 pub const USER_AGENT: &str = concat!("bigbrotr/", env!("CARGO_PKG_VERSION"));
 
@@ -36,6 +46,70 @@ pub async fn fetch(
     url: &RelayUrl,
     timeout: Duration,
 ) -> Result<RelayInfo, Nip11Error> {
+    let resp = get(dialer, url, timeout).await?;
+    document(url, &resp)
+}
+
+/// Like [`fetch`], following up to [`MAX_REDIRECTS`] redirects. Each `Location` is resolved
+/// against the current URL, mapped back to ws/wss, and must pass the dialer's SSRF policy
+/// before it is dialed; a refused or non-HTTP target is [`Nip11Error::Redirect`].
+pub async fn fetch_following(
+    dialer: &Dialer,
+    url: &RelayUrl,
+    timeout: Duration,
+) -> Result<RelayInfo, Nip11Error> {
+    let mut current = url.clone();
+    for _ in 0..=MAX_REDIRECTS {
+        let resp = get(dialer, &current, timeout).await?;
+        let Some(location) = resp.redirect_location() else {
+            return document(&current, &resp);
+        };
+        let refused = |reason: String| Nip11Error::Redirect {
+            url: current.to_string(),
+            to: location.chars().take(200).collect(),
+            reason,
+        };
+        let base = current
+            .as_str()
+            .replacen("wss://", "https://", 1)
+            .replacen("ws://", "http://", 1);
+        let target = url::Url::parse(&base)
+            .and_then(|b| b.join(location))
+            .map_err(|e| refused(format!("not a URL: {e}")))?;
+        let ws = match target.scheme() {
+            "https" => target.as_str().replacen("https://", "wss://", 1),
+            "http" => target.as_str().replacen("http://", "ws://", 1),
+            other => return Err(refused(format!("scheme {other:?} is not http(s)"))),
+        };
+        current = crate::protocol::url::parse_relay_url(&ws, dialer.policy())
+            .map_err(|e| refused(e.to_string()))?;
+    }
+    Err(Nip11Error::Redirect {
+        url: url.to_string(),
+        to: current.to_string(),
+        reason: format!("more than {MAX_REDIRECTS} redirects"),
+    })
+}
+
+fn document(url: &RelayUrl, resp: &http::HttpResponse) -> Result<RelayInfo, Nip11Error> {
+    if !(200..300).contains(&resp.status) {
+        return Err(Nip11Error::Status {
+            url: url.to_string(),
+            status: resp.status,
+        });
+    }
+    parse_relay_info(&resp.body).map_err(|e| Nip11Error::Document {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// One GET of the document URL for `url`, whatever the status.
+async fn get(
+    dialer: &Dialer,
+    url: &RelayUrl,
+    timeout: Duration,
+) -> Result<http::HttpResponse, Nip11Error> {
     let tcp = dialer.connect(url).await?;
     let host_header = if url.port() == if url.is_secure() { 443 } else { 80 } {
         url.host().to_string()
@@ -90,14 +164,5 @@ pub async fn fetch(
             .await
             .map_err(http_err)?
     };
-    if !(200..300).contains(&resp.status) {
-        return Err(Nip11Error::Status {
-            url: url.to_string(),
-            status: resp.status,
-        });
-    }
-    parse_relay_info(&resp.body).map_err(|e| Nip11Error::Document {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })
+    Ok(resp)
 }
