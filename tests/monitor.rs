@@ -141,6 +141,52 @@ async fn http_server(
                 }
                 let head = String::from_utf8_lossy(&buf[..n]);
                 let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let hostile = |status: &str, headers: &str, body: &str| {
+                    format!("HTTP/1.1 {status}\r\n{headers}Connection: close\r\n\r\n{body}")
+                };
+                let resp = match path {
+                    // 50 MiB announced and streamed: the 1 MiB cap stops it.
+                    "/big" => {
+                        let _ = s
+                            .write_all(
+                                hostile("200 OK", "Content-Length: 52428800\r\n", "").as_bytes(),
+                            )
+                            .await;
+                        let chunk = vec![b' '; 64 * 1024];
+                        for _ in 0..800 {
+                            if s.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    // Headers, then a body that never finishes.
+                    "/hang" => {
+                        let _ = s
+                            .write_all(
+                                hostile("200 OK", "Content-Length: 100\r\n", "{\"name\":")
+                                    .as_bytes(),
+                            )
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    "/bad" => hostile("200 OK", "Content-Length: 9\r\n", "{not json"),
+                    "/types" => {
+                        let body = r#"{"name":["x"],"supported_nips":"all","limitation":{"max_limit":"40"}}"#;
+                        hostile(
+                            "200 OK",
+                            &format!("Content-Length: {}\r\n", body.len()),
+                            body,
+                        )
+                    }
+                    _ => String::new(),
+                };
+                if !resp.is_empty() {
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                    return;
+                }
                 let resp = if path == "/doc" {
                     let body = r#"{"name":"redirected","supported_nips":[1,11]}"#;
                     format!(
@@ -213,4 +259,33 @@ async fn nip11_redirects_are_followed_and_rechecked_against_the_ssrf_policy() {
     );
     // 4 GETs for NIP-11 plus the websocket attempt.
     assert_eq!(hits.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_nip11_documents_are_recorded_within_the_timeout() {
+    let (port, _) = http_server("127.0.0.1", "/doc").await;
+    for (path, want) in [
+        ("big", "1048576"),
+        ("hang", ""),
+        ("bad", "invalid NIP-11 document"),
+    ] {
+        let node = Node::new("[sync]\npage_timeout_secs = 2\n");
+        let url = format!("ws://127.0.0.1:{port}/{path}");
+        let t = Instant::now();
+        let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+            .await
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(20), "{path}: bounded");
+        let err = v["nip11_error"].as_str().unwrap_or_default();
+        assert!(!err.is_empty() && err.contains(want), "{path}: {v}");
+    }
+    // Wrong field types: lenient parsing keeps what it can (max_limit served as a string).
+    let node = Node::new("");
+    let url = format!("ws://127.0.0.1:{port}/types");
+    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    assert!(v["nip11_error"].is_null(), "{v}");
+    assert_eq!(v["nip11"]["max_limit"], 40, "{v}");
+    assert!(v["nip11"]["name"].is_null(), "{v}");
 }
