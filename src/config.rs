@@ -413,6 +413,9 @@ impl Config {
                 return Err(bad(key, "must be at least 1"));
             }
         }
+        if self.sync.page_timeout_secs > 3600 {
+            return Err(bad("sync.page_timeout_secs", "must be at most 3600"));
+        }
         if self.sync.backoff_max_secs < self.sync.backoff_min_secs {
             return Err(bad(
                 "sync.backoff_max_secs",

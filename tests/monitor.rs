@@ -243,6 +243,23 @@ async fn nip11_redirects_are_followed_and_rechecked_against_the_ssrf_policy() {
         "127.0.0.2 was never dialed"
     );
 
+    // An allow-listed host, but another port on it: not followed (no local port scanning).
+    let (port2, hits2) = http_server("127.0.0.1", "/doc").await;
+    let to: &'static str = Box::leak(format!("http://127.0.0.1:{port2}/doc").into_boxed_str());
+    let (port, _) = http_server("127.0.0.1", to).await;
+    let node = Node::new("");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    let err = v["nip11_error"].as_str().unwrap_or_default();
+    assert!(err.contains("same host and port"), "{v}");
+    assert_eq!(
+        hits2.load(Ordering::Relaxed),
+        0,
+        "the other port was never dialed"
+    );
+
     // A redirect loop ends after a few hops.
     let (port, hits) = http_server("127.0.0.1", "/loop").await;
     let node = Node::new("");
@@ -266,7 +283,7 @@ async fn hostile_nip11_documents_are_recorded_within_the_timeout() {
     let (port, _) = http_server("127.0.0.1", "/doc").await;
     for (path, want) in [
         ("big", "1048576"),
-        ("hang", ""),
+        ("hang", "within"),
         ("bad", "invalid NIP-11 document"),
     ] {
         let node = Node::new("[sync]\npage_timeout_secs = 2\n");

@@ -69,20 +69,29 @@ pub async fn fetch_following(
             to: location.chars().take(200).collect(),
             reason,
         };
-        let base = current
-            .as_str()
-            .replacen("wss://", "https://", 1)
-            .replacen("ws://", "http://", 1);
-        let target = url::Url::parse(&base)
-            .and_then(|b| b.join(location))
+        let mut base =
+            url::Url::parse(current.as_str()).map_err(|e| refused(format!("current URL: {e}")))?;
+        let _ = base.set_scheme(if current.is_secure() { "https" } else { "http" });
+        let target = base
+            .join(location)
             .map_err(|e| refused(format!("not a URL: {e}")))?;
         let ws = match target.scheme() {
             "https" => target.as_str().replacen("https://", "wss://", 1),
             "http" => target.as_str().replacen("http://", "ws://", 1),
             other => return Err(refused(format!("scheme {other:?} is not http(s)"))),
         };
-        current = crate::protocol::url::parse_relay_url(&ws, dialer.policy())
+        let next = crate::protocol::url::parse_relay_url(&ws, dialer.policy())
             .map_err(|e| refused(e.to_string()))?;
+        // A target the default policy refuses is reachable only because this node allows local
+        // or listed hosts: a relay must not steer us to other ports or hosts there (port
+        // scanning, LAN services). Only the same host and port are followed.
+        let public = crate::protocol::url::parse_relay_url(&ws, &Default::default()).is_ok();
+        if !public && (next.host() != current.host() || next.port() != current.port()) {
+            return Err(refused(
+                "a local or allow-listed target must keep the same host and port".into(),
+            ));
+        }
+        current = next;
     }
     Err(Nip11Error::Redirect {
         url: url.to_string(),

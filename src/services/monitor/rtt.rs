@@ -65,8 +65,8 @@ pub async fn round_trips(
         limit: Some(1),
         ..Default::default()
     };
-    match request(&mut ws, "rtt-read", read, timeout).await {
-        Ok(Answer::Served(_)) => r.read_ms = Some(ms(t)),
+    match request(&mut ws, "rtt-read", read, None, timeout).await {
+        Ok(Answer::Served(_, at)) => r.read_ms = Some(at.duration_since(t).as_millis() as u64),
         Ok(Answer::Closed(reason)) => r.read_policy = Some(policy(&reason)),
         Err(e) => r.errors.push(format!("read: {e}")),
     }
@@ -92,11 +92,12 @@ pub async fn round_trips(
                 ids: vec![id.clone()],
                 ..Default::default()
             };
-            match request(&mut ws, "rtt-back", back, timeout).await {
-                Ok(Answer::Served(n)) => r.write_read_back = Some(n > 0),
+            match request(&mut ws, "rtt-back", back, Some(&id), timeout).await {
+                Ok(Answer::Served(n, _)) => r.write_read_back = Some(n > 0),
                 Ok(Answer::Closed(reason)) => {
                     r.write_read_back = Some(false);
-                    r.read_policy.get_or_insert(policy(&reason));
+                    r.errors
+                        .push(format!("read back: refused: {}", policy(&reason)));
                 }
                 Err(e) => r.errors.push(format!("read back: {e}")),
             }
@@ -121,16 +122,19 @@ fn policy(message: &str) -> String {
 }
 
 enum Answer {
-    /// EOSE arrived; how many events came before it.
-    Served(u64),
+    /// EOSE arrived (when); how many (matching) events came before it.
+    Served(u64, Instant),
     /// CLOSED with this message.
     Closed(String),
 }
 
+/// REQ `filter` on `sub` until EOSE or CLOSED. With `want_id`, only events with that id count
+/// (a relay cannot fake a read-back with another event).
 async fn request(
     ws: &mut WsConnection,
     sub: &str,
     filter: Filter,
+    want_id: Option<&str>,
     timeout: Duration,
 ) -> Result<Answer, String> {
     ws.send(&ClientMessage::Req {
@@ -151,14 +155,28 @@ async fn request(
             e => e.to_string(),
         })?;
         match parse_relay_message(&text) {
-            Ok(RelayMessage::Event { sub: s, .. }) if s == sub => events += 1,
+            Ok(RelayMessage::Event { sub: s, event }) if s == sub => {
+                #[derive(serde::Deserialize)]
+                struct Id<'a> {
+                    #[serde(borrow)]
+                    id: &'a str,
+                }
+                let matches = match want_id {
+                    None => true,
+                    Some(want) => {
+                        serde_json::from_str::<Id<'_>>(event.get()).is_ok_and(|e| e.id == want)
+                    }
+                };
+                events += u64::from(matches);
+            }
             Ok(RelayMessage::Eose { sub: s }) if s == sub => {
+                let at = Instant::now();
                 let _ = ws
                     .send(&ClientMessage::Close {
                         sub: sub.to_string(),
                     })
                     .await;
-                return Ok(Answer::Served(events));
+                return Ok(Answer::Served(events, at));
             }
             Ok(RelayMessage::Closed { sub: s, message }) if s == sub => {
                 return Ok(Answer::Closed(message))
