@@ -242,62 +242,46 @@ pub async fn verify(conn: &mut Conn) -> Result<Vec<Check>, ArchiveError> {
     let roles_ok = out_ok(&out, "role ");
     let ingest_ok = out_ok(&out, "function ingest_batch");
     let event_ok = out_ok(&out, "table event");
-    let mut more = Vec::new();
     if roles_ok && ingest_ok && event_ok {
-        let may_ingest = bool_query(
-            conn,
-            &format!("SELECT has_function_privilege('{NODE_ROLE}', 'public.{INGEST_BATCH_SIG}', 'EXECUTE')"),
-        )
-        .await?;
-        more.push(Check {
-            what: format!("{NODE_ROLE} may call ingest_batch"),
-            ok: may_ingest,
-            detail: yes_no(may_ingest),
-        });
+        // (what, query, the answer that is right, what to do otherwise)
+        let mut privileges = vec![(
+            format!("{NODE_ROLE} may call ingest_batch"),
+            format!("SELECT has_function_privilege('{NODE_ROLE}', 'public.{INGEST_BATCH_SIG}', 'EXECUTE')"),
+            true,
+            "it cannot: run `bigbrotr archive migrate`",
+        )];
         for t in TABLES {
-            let can = bool_query(
-                conn,
-                &format!(
+            privileges.push((
+                format!("{NODE_ROLE} cannot touch table {t} directly"),
+                format!(
                     "SELECT has_table_privilege('{NODE_ROLE}', 'public.{t}', 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')"
                 ),
-            )
-            .await?;
-            more.push(Check {
-                what: format!("{NODE_ROLE} cannot touch table {t} directly"),
-                ok: !can,
-                detail: if can {
-                    "it can: revoke its privileges".into()
-                } else {
-                    "ok".into()
-                },
-            });
+                false,
+                "it can: revoke its privileges",
+            ));
         }
-        let creates = bool_query(
-            conn,
-            &format!("SELECT has_schema_privilege('{NODE_ROLE}', 'public', 'CREATE')"),
-        )
-        .await?;
-        more.push(Check {
-            what: format!("{NODE_ROLE} cannot create objects in schema public"),
-            ok: !creates,
-            detail: if creates {
-                "it can: REVOKE CREATE ON SCHEMA public FROM PUBLIC (as the schema's owner)".into()
+        privileges.push((
+            format!("{NODE_ROLE} cannot create objects in schema public"),
+            format!("SELECT has_schema_privilege('{NODE_ROLE}', 'public', 'CREATE')"),
+            false,
+            "it can: REVOKE CREATE ON SCHEMA public FROM PUBLIC (as the schema's owner)",
+        ));
+        privileges.push((
+            format!("{READER_ROLE} may read event"),
+            format!("SELECT has_table_privilege('{READER_ROLE}', 'public.event', 'SELECT')"),
+            true,
+            "it cannot: run `bigbrotr archive migrate`",
+        ));
+        for (what, sql, right, fix) in privileges {
+            let ok = bool_query(conn, &sql).await? == right;
+            let detail = if ok {
+                "ok".to_string()
             } else {
-                "ok".into()
-            },
-        });
-        let reader = bool_query(
-            conn,
-            &format!("SELECT has_table_privilege('{READER_ROLE}', 'public.event', 'SELECT')"),
-        )
-        .await?;
-        more.push(Check {
-            what: format!("{READER_ROLE} may read event"),
-            ok: reader,
-            detail: yes_no(reader),
-        });
+                fix.to_string()
+            };
+            out.push(Check { what, ok, detail });
+        }
     }
-    out.extend(more);
     Ok(out)
 }
 
@@ -310,10 +294,6 @@ fn out_ok(checks: &[Check], prefix: &str) -> bool {
 
 fn present(ok: bool) -> String {
     if ok { "present" } else { "missing" }.into()
-}
-
-fn yes_no(ok: bool) -> String {
-    if ok { "yes" } else { "no" }.into()
 }
 
 async fn bool_query(conn: &mut Conn, sql: &str) -> Result<bool, ArchiveError> {
