@@ -261,6 +261,14 @@ fn cmd_init(cfg: &Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The one dialer, from `[network]`.
+fn dialer(cfg: &Config) -> Dialer {
+    Dialer::new(
+        cfg.network.url_policy(),
+        Duration::from_secs(cfg.network.connect_timeout_secs),
+    )
+}
+
 fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncContext> {
     let keys = match crate::keys::load_or_create(&cfg.key_file()) {
         Ok((k, _)) => Some(k),
@@ -271,10 +279,7 @@ fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncConte
     };
     Ok(SyncContext {
         stores,
-        dialer: Dialer::new(
-            cfg.network.url_policy(),
-            Duration::from_secs(cfg.network.connect_timeout_secs),
-        ),
+        dialer: dialer(cfg),
         cfg: cfg.sync.clone(),
         limits: cfg.network.event_limits(),
         max_message_bytes: cfg.network.max_message_bytes,
@@ -635,10 +640,7 @@ fn cmd_monitor(cfg: &Config, relay: &str, json: bool) -> Result<ExitCode> {
     let timeout = Duration::from_secs(cfg.sync.page_timeout_secs);
     let rt = runtime()?;
     let (nip11, rtt) = rt.block_on(async {
-        let dialer = Dialer::new(
-            cfg.network.url_policy(),
-            Duration::from_secs(cfg.network.connect_timeout_secs),
-        );
+        let dialer = dialer(cfg);
         let nip11 = crate::net::nip11::fetch_following(&dialer, &url, timeout).await;
         let rtt = crate::services::monitor::rtt::round_trips(
             &dialer,
