@@ -102,6 +102,16 @@ struct Outcome {
     rejected: Vec<(u64, Vec<u8>, String)>,
 }
 
+impl Outcome {
+    /// Add one `ingest_batch` call's (events new, sightings new, events sent, sightings sent).
+    fn count(&mut self, (en, sn, es, ss): (u64, u64, u64, u64)) {
+        self.events_new += en;
+        self.sightings_new += sn;
+        self.events_sent += es;
+        self.sightings_sent += ss;
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -295,10 +305,12 @@ async fn ship_parallel(
     let mut out = Outcome::default();
     for r in results {
         let mut o = r?;
-        out.events_new += o.events_new;
-        out.sightings_new += o.sightings_new;
-        out.events_sent += o.events_sent;
-        out.sightings_sent += o.sightings_sent;
+        out.count((
+            o.events_new,
+            o.sightings_new,
+            o.events_sent,
+            o.sightings_sent,
+        ));
         out.rejected.append(&mut o.rejected);
     }
     Ok(out)
@@ -458,11 +470,8 @@ async fn ship_all(
     let mut loaded_sighting_events = false;
     while let Some((a, b)) = todo.pop() {
         let e = match call(ctx, &items[a..b], &[], relays).await {
-            Ok((en, sn, es, ss)) => {
-                out.events_new += en;
-                out.sightings_new += sn;
-                out.events_sent += es;
-                out.sightings_sent += ss;
+            Ok(counts) => {
+                out.count(counts);
                 continue;
             }
             Err(e) => e,
@@ -499,12 +508,7 @@ async fn ship_all(
         // the entry must then be refused again the same way.
         call(ctx, &[], &[], relays).await?;
         match call(ctx, &items[a..b], &[], relays).await {
-            Ok((en, sn, es, ss)) => {
-                out.events_new += en;
-                out.sightings_new += sn;
-                out.events_sent += es;
-                out.sightings_sent += ss;
-            }
+            Ok(counts) => out.count(counts),
             Err(again) if again.is_refusal() && again.code() == e.code() => {
                 let it = &items[a];
                 out.rejected
