@@ -268,7 +268,7 @@ async fn bench_rss() {
     let cfg = node_config(
         dir.path(),
         &format!(
-            "[seeder]\nfile = \"{}\"\n[finder]\nenabled = false\n[sync]\nmax_relays = {relays}\nlive_turn_secs = 3600\n{}",
+            "[seeder]\nfile = \"{}\"\n[finder]\nenabled = false\n[monitor]\nenabled = false\n[sync]\nmax_relays = {relays}\nlive_turn_secs = 3600\n{}",
             seeds.display(),
             std::env::var("BENCH_SYNC_EXTRA").unwrap_or_default().replace("\\n", "\n")
         ),

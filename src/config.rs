@@ -45,6 +45,7 @@ pub struct Config {
     pub seeder: SeederConfig,
     pub finder: FinderConfig,
     pub sync: SyncConfig,
+    pub monitor: MonitorConfig,
     pub spool: SpoolConfig,
     pub upstream: UpstreamConfig,
     pub archive: ArchiveConfig,
@@ -270,6 +271,55 @@ impl Default for SyncConfig {
     }
 }
 
+/// `[monitor]`: relay health checks (NIP-11, NIP-66), their history, and optional publishing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Check relay health (default: true).
+    pub enabled: bool,
+    /// Seconds between cheap open (websocket handshake) checks per relay (default: 300).
+    pub open_interval_secs: u64,
+    /// Seconds between NIP-11 document fetches per relay (default: 3,600).
+    pub nip11_interval_secs: u64,
+    /// Seconds between full NIP-66 checks (open, read, write, DNS, TLS) per relay (default: 7,200).
+    pub nip66_interval_secs: u64,
+    /// Failed opens in a row after which a relay is offline (default: 3).
+    pub failure_threshold: u64,
+    /// Longest wait between open checks of an offline relay, seconds (default: 86,400).
+    pub max_backoff_secs: u64,
+    /// Relays checked at once; each holds at most one socket (default: 32).
+    pub max_concurrent: usize,
+    /// Deadline for one whole check of one relay, seconds (default: 20).
+    pub check_timeout_secs: u64,
+    /// Publish a signed test event in the NIP-66 write check (default: true).
+    pub write_test: bool,
+    /// Days of check history kept in SQLite (default: 30). Unshipped observations are kept.
+    pub history_days: u64,
+    /// Publish kind 30166 per checked relay and a kind 10166 announcement (default: false).
+    pub publish: bool,
+    /// Relays the 30166/10166 events are sent to.
+    pub publish_relays: Vec<String>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            open_interval_secs: 300,
+            nip11_interval_secs: 3_600,
+            nip66_interval_secs: 7_200,
+            failure_threshold: 3,
+            max_backoff_secs: 86_400,
+            max_concurrent: 32,
+            check_timeout_secs: 20,
+            write_test: true,
+            history_days: 30,
+            publish: false,
+            publish_relays: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpoolConfig {
@@ -486,6 +536,53 @@ impl Config {
                 "upstream.retry_max_secs",
                 "must be >= upstream.retry_min_secs",
             ));
+        }
+        for (key, v) in [
+            (
+                "monitor.open_interval_secs",
+                self.monitor.open_interval_secs,
+            ),
+            (
+                "monitor.nip11_interval_secs",
+                self.monitor.nip11_interval_secs,
+            ),
+            (
+                "monitor.nip66_interval_secs",
+                self.monitor.nip66_interval_secs,
+            ),
+            ("monitor.failure_threshold", self.monitor.failure_threshold),
+            (
+                "monitor.check_timeout_secs",
+                self.monitor.check_timeout_secs,
+            ),
+            ("monitor.history_days", self.monitor.history_days),
+        ] {
+            if v == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if self.monitor.check_timeout_secs > 600 {
+            return Err(bad("monitor.check_timeout_secs", "must be at most 600"));
+        }
+        if !(1..=1024).contains(&self.monitor.max_concurrent) {
+            return Err(bad("monitor.max_concurrent", "must be between 1 and 1024"));
+        }
+        if self.monitor.max_backoff_secs < self.monitor.open_interval_secs {
+            return Err(bad(
+                "monitor.max_backoff_secs",
+                "must be >= monitor.open_interval_secs",
+            ));
+        }
+        if self.monitor.publish && self.monitor.publish_relays.is_empty() {
+            return Err(bad(
+                "monitor.publish_relays",
+                "must list at least one relay when monitor.publish = true",
+            ));
+        }
+        for r in &self.monitor.publish_relays {
+            if let Err(e) = crate::protocol::url::parse_relay_url(r, &self.network.url_policy()) {
+                return Err(bad("monitor.publish_relays", &format!("{r:?}: {e}")));
+            }
         }
         for host in &self.network.allow_hosts {
             if host.trim().is_empty() || host.contains('/') {

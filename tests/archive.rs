@@ -716,7 +716,7 @@ async fn run_ships_and_pauses_syncing_at_the_spool_quota() {
         &name,
         &role,
         &pw,
-        "[spool]\nmax_entries = 100\n[sync]\npage_limit = 50\nbackoff_min_secs = 1\n[finder]\nenabled = false\n",
+        "[spool]\nmax_entries = 100\n[sync]\npage_limit = 50\nbackoff_min_secs = 1\n[finder]\nenabled = false\n[monitor]\nenabled = false\n",
     );
     let out = node.run(&["relays", "add", &relay.url]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -913,4 +913,63 @@ impl StatusKey for Node {
             .expect("node key line")
             .to_string()
     }
+}
+
+/// What the monitor measured reaches the archive as one time series per relay per vantage
+/// node: two nodes check the same relay and ship; each node's observations are there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_observations_reach_the_archive_per_vantage_node() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let relay = local_relay(&notes(2, &keys(1), |i| T0 + i as u64), RelayOpts::default()).await;
+    for _ in 0..2 {
+        let (role, pw) = node_role(db, &name);
+        let node = shipping_node(db, &name, &role, &pw, "[monitor]\ncheck_timeout_secs = 3\n");
+        let url = relay.url.clone();
+        let node = tokio::task::spawn_blocking(move || {
+            for _ in 0..2 {
+                let out = node.run(&["monitor", "--relay", &url, "--once"]);
+                assert!(out.status.success(), "monitor: {}", stderr(&out));
+            }
+            node
+        })
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            // Twice: the second ship has nothing new to send (watermark).
+            let out = ship_once(&node);
+            assert!(out.status.success(), "ship: {}", stderr(&out));
+        }
+        let st = node.status();
+        assert_eq!(st["ship"]["observations_sent"], 4, "{st}");
+    }
+    // Per node: 2 NIP-11 checks + 2 NIP-66 checks, typed, for this relay.
+    let per_node = db.psql(
+        &name,
+        &format!(
+            "SELECT count(DISTINCT node_id) || ':' || count(*) FROM relay_metadata WHERE relay_url = '{}'",
+            relay.url
+        ),
+    );
+    assert_eq!(per_node, "2:8");
+    let types = db.psql(
+        &name,
+        "SELECT type || '=' || count(*) FROM relay_metadata GROUP BY type ORDER BY type",
+    );
+    assert!(types.contains("nip66=4"), "{types}");
+    assert_eq!(
+        db.psql(
+            &name,
+            "SELECT DISTINCT m.data->>'network' FROM metadata m WHERE m.type = 'nip66'"
+        ),
+        "clearnet"
+    );
+    assert_eq!(
+        count(
+            db,
+            &name,
+            "SELECT count(*) FROM node WHERE observations_sent = 4"
+        ),
+        2
+    );
 }

@@ -22,7 +22,7 @@ async fn open_read_write_against_real_relay_software() {
         RelayOpts::default(),
     )
     .await;
-    let node = std::sync::Arc::new(Node::new("[sync]\npage_timeout_secs = 5\n"));
+    let node = std::sync::Arc::new(Node::new("[monitor]\ncheck_timeout_secs = 5\n"));
     let (n2, url) = (node.clone(), relay.url.clone());
     let (out, v) = tokio::task::spawn_blocking(move || monitor(&n2, &url))
         .await
@@ -62,7 +62,7 @@ async fn policy_answers_are_facts_not_failures() {
         },
     )
     .await;
-    let node = Node::new("[sync]\npage_timeout_secs = 3\n");
+    let node = Node::new("[monitor]\ncheck_timeout_secs = 3\n");
     let url = relay.url();
     let (out, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
         .await
@@ -83,7 +83,7 @@ async fn silent_relay_times_out_and_unreachable_relay_fails() {
         },
     )
     .await;
-    let node = Node::new("[sync]\npage_timeout_secs = 2\n");
+    let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
     let url = relay.url();
     let t = Instant::now();
     let (out, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
@@ -286,7 +286,7 @@ async fn hostile_nip11_documents_are_recorded_within_the_timeout() {
         ("hang", "within"),
         ("bad", "invalid NIP-11 document"),
     ] {
-        let node = Node::new("[sync]\npage_timeout_secs = 2\n");
+        let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
         let url = format!("ws://127.0.0.1:{port}/{path}");
         let t = Instant::now();
         let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
@@ -303,6 +303,331 @@ async fn hostile_nip11_documents_are_recorded_within_the_timeout() {
         .await
         .unwrap();
     assert!(v["nip11_error"].is_null(), "{v}");
-    assert_eq!(v["nip11"]["max_limit"], 40, "{v}");
+    assert_eq!(v["nip11"]["limitation"]["max_limit"], 40, "{v}");
     assert!(v["nip11"]["name"].is_null(), "{v}");
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// The scheduled state: a sweep of every registered relay, history, status with a failure
+/// threshold, uptime, and `relays list` / `relays show` answering from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_keep_status_history_and_uptime() {
+    let real = local_relay(
+        &notes(2, &keys(1), |i| 1_700_000_000 + i as u64),
+        RelayOpts::default(),
+    )
+    .await;
+    let doc = r#"{"name":"hostile but documented","software":"git+https://example.invalid/relay","version":"1.2.3","supported_nips":[1,11,66]}"#;
+    let documented = HostileRelay::start(
+        vec![],
+        Options {
+            nip11: Some(doc.into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dead = "ws://127.0.0.1:1";
+    let node = std::sync::Arc::new(Node::new(
+        "[monitor]\ncheck_timeout_secs = 3\nfailure_threshold = 2\n",
+    ));
+    for url in [real.url.as_str(), documented.url().as_str(), dead] {
+        assert!(node.run(&["relays", "add", url]).status.success());
+    }
+    for round in 1..=3 {
+        let n = node.clone();
+        let out = tokio::task::spawn_blocking(move || n.run(&["monitor", "--once", "--json"]))
+            .await
+            .unwrap();
+        let v = json_of(&out);
+        let reports = v.as_array().expect("one report per relay");
+        assert_eq!(reports.len(), 3, "{v}");
+        let status = |u: &str| {
+            reports
+                .iter()
+                .find(|r| r["url"] == u)
+                .map(|r| r["status"].as_str().unwrap_or("").to_string())
+                .unwrap()
+        };
+        assert_eq!(status(&real.url), "online");
+        assert_eq!(status(&documented.url()), "online");
+        // Below the threshold a failing relay is not yet offline.
+        assert_eq!(
+            status(dead),
+            if round == 1 { "unknown" } else { "offline" },
+            "round {round}"
+        );
+    }
+    let list = json_of(&node.run(&["relays", "list", "--json"]));
+    let row = |u: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["url"] == u)
+            .cloned()
+            .unwrap()
+    };
+    let r = row(&real.url);
+    assert_eq!(r["status"], "online");
+    assert_eq!(r["uptime_7d"], 1.0);
+    for k in ["open_ms", "read_ms", "write_ms", "checked_at"] {
+        assert!(r[k].is_i64(), "{k}: {r}");
+    }
+    let d = row(dead);
+    assert_eq!(
+        (d["status"].as_str(), d["failures"].as_i64()),
+        (Some("offline"), Some(3))
+    );
+    assert_eq!(d["uptime_7d"], 0.0);
+    assert!(d["last_error"].as_str().unwrap().contains("open"), "{d}");
+    assert_eq!(
+        row(&documented.url())["software"],
+        "git+https://example.invalid/relay"
+    );
+
+    let show = json_of(&node.run(&["relays", "show", &documented.url(), "--json"]));
+    assert_eq!(show["nip11"]["name"], "hostile but documented", "{show}");
+    assert_eq!(show["nip66"]["network"], "clearnet");
+    assert_eq!(show["nip66"]["dns"]["literal"], true);
+    assert!(show["nip66"]["rtt_open"].is_u64(), "{show}");
+    let daily = show["daily"].as_array().unwrap();
+    assert_eq!(daily.len(), 1, "{show}");
+    assert_eq!(
+        (daily[0]["checks"].as_i64(), daily[0]["online"].as_i64()),
+        (Some(3), Some(3))
+    );
+    let kinds: Vec<&str> = show["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "nip11").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "nip66").count(),
+        3,
+        "{kinds:?}"
+    );
+    // Three identical NIP-11 documents were stored once.
+    let db = rusqlite_count(
+        &node,
+        "SELECT count(*) FROM monitor_document WHERE data LIKE '%hostile but documented%'",
+    );
+    assert_eq!(db, 1);
+    // The human views name what they show.
+    let text = stdout(&node.run(&["relays", "show", &documented.url()]));
+    assert!(
+        text.contains("uptime by day") && text.contains("100.0%"),
+        "{text}"
+    );
+    let text = stdout(&node.run(&["relays", "list"]));
+    assert!(text.contains("offline") && text.contains("1.2.3"), "{text}");
+}
+
+fn rusqlite_count(node: &Node, sql: &str) -> i64 {
+    let out = std::process::Command::new("sqlite3")
+        .arg(node.data_dir().join("state.sqlite"))
+        .arg(sql)
+        .output()
+        .expect("sqlite3 (installed by scripts/bootstrap)");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// `monitor.publish`: a signed kind 30166 per checked relay and a 10166 announcement, read back
+/// from a real relay and checked against NIP-66.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_30166_and_10166_are_read_back_from_a_real_relay() {
+    let target = local_relay(&[], RelayOpts::default()).await;
+    let doc = r#"{"name":"n","supported_nips":[1,11,42],"limitation":{"payment_required":true}}"#;
+    let watched = HostileRelay::start(
+        vec![],
+        Options {
+            nip11: Some(doc.into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = Node::new(&format!(
+        "[monitor]\ncheck_timeout_secs = 3\npublish = true\npublish_relays = [\"{}\"]\n",
+        target.url
+    ));
+    let url = watched.url();
+    let out = tokio::task::spawn_blocking(move || {
+        node.run(&["monitor", "--relay", &url, "--once", "--json"])
+    })
+    .await
+    .unwrap();
+    let v = json_of(&out);
+    let found = target
+        .db
+        .query(nostr::Filter::new().kind(nostr::Kind::from(30166u16)))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "one 30166 per checked relay");
+    let ev = found.first().unwrap();
+    ev.verify().expect("valid id and signature");
+    let tags: Vec<Vec<String>> = ev.tags.iter().map(|t| t.as_slice().to_vec()).collect();
+    let has = |t: &[&str]| tags.iter().any(|x| x == t);
+    assert!(has(&["d", &watched.url()]), "{tags:?}");
+    assert!(has(&["n", "clearnet"]));
+    let open = v["rtt"]["open_ms"].as_u64().unwrap().to_string();
+    assert!(has(&["rtt-open", &open]), "{tags:?} vs {v}");
+    assert!(has(&["N", "42"]) && has(&["R", "payment"]), "{tags:?}");
+    // The hostile relay refuses the write test ("blocked:"): writes are restricted.
+    assert!(has(&["R", "writes"]), "{tags:?}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&ev.content).unwrap()["name"],
+        "n"
+    );
+    let ann = target
+        .db
+        .query(nostr::Filter::new().kind(nostr::Kind::from(10166u16)))
+        .await
+        .unwrap();
+    let ann = ann.first().expect("a 10166 announcement");
+    ann.verify().unwrap();
+    assert_eq!(ann.pubkey, ev.pubkey, "same monitor key");
+    let tags: Vec<Vec<String>> = ann.tags.iter().map(|t| t.as_slice().to_vec()).collect();
+    assert!(tags.iter().any(|t| t == &["frequency", "7200"]), "{tags:?}");
+    assert!(
+        tags.iter().any(|t| t == &["timeout", "open", "3000"]),
+        "{tags:?}"
+    );
+    assert!(tags.iter().any(|t| t == &["c", "nip11"]), "{tags:?}");
+}
+
+/// A wss relay's certificate is described even when it does not verify (self-signed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_facts_describe_the_certificate_of_a_wss_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.der"), dir.path().join("k.der"));
+    let pem = dir.path().join("k.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=bigbrotr-test-relay",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:relay.test",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-outform",
+            "DER",
+            "-out",
+        ])
+        .arg(&cert)
+        .arg("-keyout")
+        .arg(&pem)
+        .status()
+        .expect("openssl (installed by scripts/bootstrap)");
+    assert!(ok.success());
+    let ok = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+        .arg(&pem)
+        .arg("-out")
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let cert = rustls::pki_types::CertificateDer::from(std::fs::read(&cert).unwrap());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(std::fs::read(&key).unwrap().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let a = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = a.accept(s).await; // handshake, then drop
+            });
+        }
+    });
+    let node = Node::new("[monitor]\ncheck_timeout_secs = 3\n");
+    let url = format!("wss://127.0.0.1:{port}");
+    let (out, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the relay session itself refuses the certificate"
+    );
+    let tls = &v["facts"]["tls"];
+    assert_eq!(tls["verified"], false, "{v}");
+    assert!(
+        tls["verify_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("UnknownIssuer"),
+        "{v}"
+    );
+    assert!(
+        tls["subject"]
+            .as_str()
+            .unwrap()
+            .contains("bigbrotr-test-relay"),
+        "{v}"
+    );
+    let names: Vec<&str> = tls["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["127.0.0.1", "relay.test"]);
+    let left = tls["not_after"].as_i64().unwrap() - now_secs() as i64;
+    assert!((29 * 86_400..=31 * 86_400).contains(&left), "{v}");
+    assert!(tls["handshake_ms"].is_u64(), "{v}");
+}
+
+/// A relay that trickles NOTICEs and never answers: the read step ends at its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notice_trickle_cannot_hold_a_check() {
+    let relay = HostileRelay::start(
+        vec![],
+        Options {
+            never_eose: true,
+            notice_flood: 1_000_000,
+            drip: Some(Duration::from_millis(2)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
+    let url = relay.url();
+    let t = Instant::now();
+    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30), "bounded");
+    let errors = v["rtt"]["errors"].to_string();
+    assert!(
+        errors.contains("no EOSE within 2 s") || errors.contains("not done within"),
+        "{v}"
+    );
 }

@@ -39,7 +39,8 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
     let a = local_relay(&a_events, RelayOpts::default()).await;
 
     let node = Node::new(
-        "[finder]\ninterval_secs = 1\n[sync]\nlive_turn_secs = 2\nbackoff_min_secs = 1\n",
+                // No write test here: the monitor's test event would be archived too and change counts.
+        "[finder]\ninterval_secs = 1\n[sync]\nlive_turn_secs = 2\nbackoff_min_secs = 1\n[monitor]\nwrite_test = false\ncheck_timeout_secs = 3\n",
     );
     // Replace the test config's `[seeder] enabled = false` with a seed file naming only A.
     let seeds = node.dir.path().join("seeds.txt");
@@ -82,6 +83,32 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
         "hint registered: {urls:?}"
     );
 
+    // The monitor checks every relay it knows while running: A and B come online; the onion
+    // relay is not checked (no route, so no false downtime).
+    let list_status = |node: &Node| {
+        let out = node.run(&["relays", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let of = |u: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["url"] == u)
+                .map(|r| r["status"].as_str().unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        (of(&a.url), of(&b.url), of(&onion))
+    };
+    let start = Instant::now();
+    let mut seen = list_status(&node);
+    while seen.0 != "online" || seen.1 != "online" || seen.2 != "no_route" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "monitor: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        seen = list_status(&node);
+    }
+
     // SIGTERM: finish in-flight work and exit 0 promptly.
     let t = Instant::now();
     // SAFETY: plain kill(2) on our own child.
@@ -99,6 +126,7 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
     let st = node.status();
     assert_eq!(st["services"]["synchronizer"]["state"], "stopped");
     assert_eq!(st["services"]["finder"]["state"], "stopped");
+    assert_eq!(st["services"]["monitor"]["state"], "stopped");
     let onion_row = st["relays"]
         .as_array()
         .expect("relays")

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod archive;
+mod monitor;
 
 use crate::config::{Config, LogFormat};
 use crate::net::dialer::Dialer;
@@ -64,13 +65,14 @@ enum Command {
         #[command(subcommand)]
         command: RelaysCommand,
     },
-    /// Check one relay from this node: NIP-11 document and NIP-66 open/read/write round trips
+    /// Check relay health (NIP-11, NIP-66 open/read/write, DNS, TLS) from this node; without
+    /// --once, run the monitor service alone until SIGINT/SIGTERM
     Monitor {
-        /// Relay URL (ws:// or wss://)
+        /// Check only this relay (ws:// or wss://); it is registered if it was not
+        #[arg(long, requires = "once")]
+        relay: Option<String>,
+        /// Run every check once (on --relay, or on every registered relay) and print the results
         #[arg(long)]
-        relay: String,
-        /// Check once and print the result (the only mode built so far)
-        #[arg(long, required = true)]
         once: bool,
         #[arg(long)]
         json: bool,
@@ -114,8 +116,17 @@ enum EventsCommand {
 
 #[derive(Subcommand)]
 enum RelaysCommand {
-    /// List registered relays
+    /// List registered relays: health status, last check, round trips, software, uptime
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One relay: latest NIP-11 document and NIP-66 result, uptime per day, recent checks
+    Show {
+        url: String,
+        /// Days of history to show (uptime per UTC day and the checks in them)
+        #[arg(long, default_value_t = 7)]
+        days: u32,
         #[arg(long)]
         json: bool,
     },
@@ -212,7 +223,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_export(&cfg, filter.as_deref()),
         Command::Relays {
             command: RelaysCommand::List { json },
-        } => cmd_relays_list(&cfg, json),
+        } => monitor::cmd_relays_list(&cfg, json),
+        Command::Relays {
+            command: RelaysCommand::Show { url, days, json },
+        } => monitor::cmd_relays_show(&cfg, &url, days, json),
         Command::Relays {
             command: RelaysCommand::Add { url },
         } => {
@@ -226,11 +240,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => cmd_status(&cfg, json),
-        Command::Monitor {
-            relay,
-            once: _,
-            json,
-        } => cmd_monitor(&cfg, &relay, json),
+        Command::Monitor { relay, once, json } => {
+            monitor::cmd_monitor(cfg, relay.as_deref(), once, json)
+        }
         Command::Ship {
             once,
             requeue_rejected,
@@ -348,6 +360,16 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
                 async move { Ok(sync::run(c).await?) }
             });
         }
+        let mut publishing = None;
+        if cfg.monitor.enabled {
+            let (mctx, handle) = monitor::context(&cfg, stores.state.clone(), shutdown.clone())?;
+            publishing = handle;
+            let mctx = std::sync::Arc::new(mctx);
+            sup.spawn("monitor", move || {
+                let c = mctx.clone();
+                crate::services::monitor::run(c)
+            });
+        }
         if let Some(ship) = archive::ship_context(&cfg, stores.clone(), shutdown.clone())? {
             let ship = std::sync::Arc::new(ship);
             sup.spawn("shipper", move || {
@@ -370,6 +392,10 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
         });
         sup.join().await;
         let _ = reporter.await;
+        if let Some(h) = publishing {
+            // The monitor is gone, so the publishing queue is closed: let it send what it holds.
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
         stores.events.flush()?;
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
@@ -503,37 +529,21 @@ fn cmd_export(cfg: &Config, filter: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_relays_list(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let relays = Stores::open_state(cfg)?.relays()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&relays)?);
-    } else {
-        println!(
-            "{:<50} {:<9} {:<8} {:>8}  last error",
-            "url", "network", "status", "failures"
-        );
-        for r in relays {
-            println!(
-                "{:<50} {:<9} {:<8} {:>8}  {}",
-                r.url,
-                r.network,
-                r.status,
-                r.failures,
-                r.last_error.unwrap_or_default()
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let stores = Stores::open_read_only(cfg)?;
     let counters = stores.events.counters();
-    let relays = stores.state.relays()?;
-    let online = relays.iter().filter(|r| r.status == "online").count();
+    let health = stores.state.health(now_secs() as i64 - 7 * 86_400)?;
+    let count = |s: &str| health.iter().filter(|h| h.status == s).count();
+    let (online, offline) = (count("online"), count("offline"));
+    let monitor: serde_json::Value = stores
+        .state
+        .get_state("monitor", "stats")?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let (observations, _) = stores.state.observation_count()?;
     let progress = stores.state.progress()?;
     let mut services = serde_json::Map::new();
-    for name in ["finder", "synchronizer", "shipper"] {
+    for name in ["finder", "synchronizer", "monitor", "shipper"] {
         if let Some(h) = stores.state.get_state(name, "health")? {
             services.insert(
                 name.into(),
@@ -558,8 +568,11 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         "ship_lag_secs": lag,
         "ship_rejected": counters.ship_rejected,
         "ship": ship,
-        "relays_known": relays.len(),
+        "relays_known": health.len(),
         "relays_online": online,
+        "relays_offline": offline,
+        "observations": observations,
+        "monitor": monitor,
         "events_stored": counters.events,
         "sightings": counters.sightings,
         "spool_depth": counters.spool_depth,
@@ -573,7 +586,13 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("data dir:       {}", cfg.data_dir().display());
-    println!("relays:         {} known, {} online", relays.len(), online);
+    println!(
+        "relays:         {} known, {} online, {} offline ({} checks in history)",
+        health.len(),
+        online,
+        offline,
+        observations
+    );
     println!(
         "events stored:  {} ({} sightings)",
         counters.events, counters.sightings
@@ -628,83 +647,6 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn cmd_monitor(cfg: &Config, relay: &str, json: bool) -> Result<ExitCode> {
-    let url = parse_relay_url(relay, &cfg.network.url_policy()).with_context(|| {
-        format!(
-            "cannot check {relay:?} (set [network] allow_local = true for loopback/private relays)"
-        )
-    })?;
-    let (keys, _) = crate::keys::load_or_create(&cfg.key_file())?;
-    let timeout = Duration::from_secs(cfg.sync.page_timeout_secs);
-    let rt = runtime()?;
-    let (nip11, rtt) = rt.block_on(async {
-        let dialer = dialer(cfg);
-        let nip11 = crate::net::nip11::fetch_following(&dialer, &url, timeout).await;
-        let rtt = crate::services::monitor::rtt::round_trips(
-            &dialer,
-            &url,
-            &keys,
-            cfg.network.max_message_bytes,
-            timeout,
-        )
-        .await;
-        (nip11, rtt)
-    });
-    let (nip11_doc, nip11_error) = match &nip11 {
-        Ok(info) => (
-            serde_json::json!({
-                "name": info.name,
-                "software": info.software,
-                "version": info.version,
-                "supported_nips": info.supported_nips,
-                "max_limit": info.limitation.max_limit,
-            }),
-            None,
-        ),
-        Err(e) => (serde_json::Value::Null, Some(e.to_string())),
-    };
-    if json {
-        let v = serde_json::json!({
-            "url": url.to_string(),
-            "nip11": nip11_doc,
-            "nip11_error": nip11_error,
-            "rtt": rtt,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("relay:        {url}");
-        match &nip11_error {
-            None => println!("nip11:        {nip11_doc}"),
-            Some(e) => println!("nip11:        failed: {e}"),
-        }
-        let show = |v: Option<u64>| v.map_or("-".to_string(), |m| format!("{m} ms"));
-        println!(
-            "rtt:          open {}, read {}, write {}",
-            show(rtt.open_ms),
-            show(rtt.read_ms),
-            show(rtt.write_ms)
-        );
-        if let Some(p) = &rtt.read_policy {
-            println!("read policy:  {p}");
-        }
-        if let Some(p) = &rtt.write_policy {
-            println!("write policy: {p}");
-        }
-        if let Some(b) = rtt.write_read_back {
-            println!("read back:    {}", if b { "yes" } else { "no" });
-        }
-        for e in &rtt.errors {
-            println!("error:        {e}");
-        }
-    }
-    // Policy answers are facts about the relay; only an unreachable relay is a failed check.
-    Ok(if rtt.open_ms.is_some() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 fn now_secs() -> u64 {

@@ -49,9 +49,15 @@ impl Dialer {
         self.timeout
     }
 
+    /// Whether relays on `network` can be reached at all (clearnet today; the appliance issue
+    /// adds Tor and SOCKS5 routes). Checks skip unroutable relays instead of failing them.
+    pub fn has_route(&self, network: Network) -> bool {
+        network == Network::Clearnet
+    }
+
     /// A TCP stream to the relay's host and port (TLS, if any, is the caller's layer).
     pub async fn connect(&self, url: &RelayUrl) -> Result<TcpStream, DialError> {
-        if url.network() != Network::Clearnet {
+        if !self.has_route(url.network()) {
             return Err(DialError::NoRoute {
                 url: url.to_string(),
                 network: url.network(),

@@ -32,11 +32,14 @@ use crate::config::UpstreamConfig;
 use crate::protocol::Event;
 use crate::shutdown::Shutdown;
 use crate::store::events::{SPOOL_EVENT, SPOOL_SEEN};
+use crate::store::health::ShipObservation;
 use crate::store::state::RelayRow;
 use crate::store::Stores;
 
 /// Registry relays sent per batch (relays no event was seen on yet).
 const REGISTRY_PER_BATCH: usize = 1000;
+/// Monitor observations sent per `ingest_observations` call.
+const OBSERVATIONS_PER_CALL: usize = 500;
 /// Statement failures on the same batch head after which any refusal (not only a data error)
 /// makes the shipper split the batch to find the entries that cause it.
 const SUSPECT_AFTER: u32 = 3;
@@ -60,6 +63,7 @@ pub enum ShipError {
 
 /// What `bigbrotr status` shows (service_state shipper/stats).
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ShipStats {
     pub state: String,
     pub batches: u64,
@@ -68,6 +72,8 @@ pub struct ShipStats {
     pub sightings_sent: u64,
     pub sightings_new: u64,
     pub rejected: u64,
+    pub observations_sent: u64,
+    pub observations_rejected: u64,
     pub retries: u64,
     pub last_ok_at: Option<u64>,
     pub last_error: Option<String>,
@@ -136,6 +142,12 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
         .flatten()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let mut obs_wm: i64 = state
+        .get_state("shipper", "observation_watermark")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut relays: HashMap<u32, RelayInfo> = HashMap::new();
     let mut failing_since: Option<Instant> = None;
     let mut attempt: u32 = 0;
@@ -159,7 +171,10 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
         let registry = state
             .relays_after(relay_wm, REGISTRY_PER_BATCH)
             .map_err(|e| store_err(&e))?;
-        if entries.is_empty() && registry.is_empty() {
+        let observations = state
+            .observations_after(obs_wm, OBSERVATIONS_PER_CALL)
+            .map_err(|e| store_err(&e))?;
+        if entries.is_empty() && registry.is_empty() && observations.is_empty() {
             if once {
                 stats.state = "idle".into();
                 save(ctx, &stats);
@@ -205,12 +220,23 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
                 stats.rejected += rejected.len() as u64;
                 stuck = (None, 0);
                 batch_limit = (batch_limit * 2).min(ctx.cfg.batch_size);
-                ship_registry(ctx, &registry, &relays).await
+                match ship_registry(ctx, &registry, &relays).await {
+                    Ok(()) => ship_observations(ctx, &observations).await,
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
+            Ok(refused) => {
+                if let Some(last) = observations.last() {
+                    obs_wm = last.id;
+                    state
+                        .set_state("shipper", "observation_watermark", &obs_wm.to_string())
+                        .map_err(|e| store_err(&e))?;
+                    stats.observations_sent += (observations.len() - refused) as u64;
+                    stats.observations_rejected += refused as u64;
+                }
                 if let Some(max) = registry.iter().map(|r| r.id).max() {
                     relay_wm = max;
                     state
@@ -335,6 +361,61 @@ async fn ship_registry(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Monitor observations (relay health per check, from this vantage node) in one
+/// `ingest_observations` call. If the archive refuses the call as data, each observation is
+/// sent alone and the refused ones are skipped (logged and counted): one odd document never
+/// blocks the history behind it. Returns how many were refused.
+async fn ship_observations(
+    ctx: &ShipContext,
+    obs: &[ShipObservation],
+) -> Result<usize, ArchiveError> {
+    if obs.is_empty() {
+        return Ok(0);
+    }
+    match call_observations(ctx, obs).await {
+        Ok(()) => Ok(0),
+        Err(e) if e.failure() == Failure::Data => {
+            let mut refused = 0;
+            for o in obs {
+                match call_observations(ctx, std::slice::from_ref(o)).await {
+                    Ok(()) => {}
+                    Err(e) if e.failure() == Failure::Data => {
+                        tracing::warn!(relay = %o.url, check = %o.kind, error = %e,
+                            "observation refused by the archive; skipped");
+                        refused += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(refused)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn call_observations(ctx: &ShipContext, obs: &[ShipObservation]) -> Result<(), ArchiveError> {
+    let url: Vec<&str> = obs.iter().map(|o| o.url.as_str()).collect();
+    let net: Vec<&str> = obs.iter().map(|o| o.network.as_str()).collect();
+    let at: Vec<i64> = obs.iter().map(|o| o.checked_at).collect();
+    let kind: Vec<&str> = obs.iter().map(|o| o.kind.as_str()).collect();
+    let data: Vec<&str> = obs.iter().map(|o| o.data.as_str()).collect();
+    let node = &ctx.node_key[..];
+    let mut conn = ctx.pool.get().await?;
+    conn.query_typed(
+        "SELECT ingest_observations($1, $2, $3, $4, $5, $6)",
+        &[
+            (&node, Type::BYTEA),
+            (&url, Type::TEXT_ARRAY),
+            (&net, Type::TEXT_ARRAY),
+            (&at, Type::INT8_ARRAY),
+            (&kind, Type::TEXT_ARRAY),
+            (&data, Type::TEXT_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 fn save(ctx: &ShipContext, stats: &ShipStats) {

@@ -6,6 +6,7 @@
 //! in the middle of a write.
 
 pub mod events;
+pub mod health;
 pub mod state;
 
 use std::path::Path;

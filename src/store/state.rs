@@ -76,6 +76,8 @@ const SCHEMA: &[&str] = &[
     );",
     // version 2: when the NIP-11 document (max_limit) was last fetched
     "ALTER TABLE relay ADD COLUMN nip11_checked_at INTEGER;",
+    // version 3: the monitor (see store/health.rs)
+    super::health::SCHEMA_V3,
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,7 +130,7 @@ pub struct State {
     conn: Mutex<Connection>,
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -172,7 +174,7 @@ impl State {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -471,7 +473,7 @@ fn row_to_relay(r: &rusqlite::Row<'_>) -> rusqlite::Result<RelayRow> {
     })
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(super) fn truncate(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -42,7 +42,7 @@ pub struct RttReport {
 pub async fn round_trips(
     dialer: &Dialer,
     url: &RelayUrl,
-    keys: &Keys,
+    keys: Option<&Keys>,
     max_message_bytes: usize,
     timeout: Duration,
 ) -> RttReport {
@@ -71,6 +71,11 @@ pub async fn round_trips(
         Err(e) => r.errors.push(format!("read: {e}")),
     }
 
+    let Some(keys) = keys else {
+        // monitor.write_test = false: no write check.
+        ws.close().await;
+        return r;
+    };
     let event = EventBuilder::new(Kind::from(WRITE_TEST_KIND), "bigbrotr monitor write test")
         .tags([Tag::identifier(WRITE_TEST_D)])
         .sign_with_keys(keys);
@@ -114,7 +119,7 @@ fn ms(t: Instant) -> u64 {
 }
 
 /// The machine-readable prefix of a refusal, else the whole (capped) message.
-fn policy(message: &str) -> String {
+pub(crate) fn policy(message: &str) -> String {
     match reason_prefix(message) {
         Some(p) => p.to_string(),
         None => message.chars().take(200).collect(),
@@ -187,7 +192,7 @@ async fn request(
 }
 
 /// Send EVENT and wait for its OK: (accepted, message).
-async fn publish(
+pub(crate) async fn publish(
     ws: &mut WsConnection,
     event_json: String,
     id: &str,

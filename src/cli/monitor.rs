@@ -1,0 +1,422 @@
+//! `bigbrotr monitor`, `bigbrotr relays list` and `bigbrotr relays show`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::{dialer, now_secs, runtime, watch_signals};
+use crate::config::Config;
+use crate::protocol::url::parse_relay_url;
+use crate::services::monitor::publish::Publisher;
+use crate::services::monitor::{self, MonitorContext, RelayReport};
+use crate::shutdown::Shutdown;
+use crate::store::health::DueRelay;
+use crate::store::{State, Stores};
+
+/// The monitor's context, with a publisher when `monitor.publish` is on. Call inside the
+/// runtime; await the handle after dropping the context to flush what was queued.
+pub(super) fn context(
+    cfg: &Config,
+    state: Arc<State>,
+    shutdown: Shutdown,
+) -> Result<(MonitorContext, Option<tokio::task::JoinHandle<()>>)> {
+    let (keys, _) = crate::keys::load_or_create(&cfg.key_file())?;
+    let (publisher, handle) = if cfg.monitor.publish {
+        let policy = cfg.network.url_policy();
+        let targets = cfg
+            .monitor
+            .publish_relays
+            .iter()
+            .map(|r| parse_relay_url(r, &policy))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (p, h) = Publisher::start(
+            dialer(cfg),
+            targets,
+            cfg.network.max_message_bytes,
+            Duration::from_secs(cfg.monitor.check_timeout_secs),
+        );
+        (Some(p), Some(h))
+    } else {
+        (None, None)
+    };
+    Ok((
+        MonitorContext {
+            state,
+            dialer: dialer(cfg),
+            keys,
+            cfg: cfg.monitor.clone(),
+            max_message_bytes: cfg.network.max_message_bytes,
+            shutdown,
+            publisher,
+            upstream: cfg.upstream.enabled(),
+        },
+        handle,
+    ))
+}
+
+pub(super) fn cmd_monitor(
+    cfg: Config,
+    relay: Option<&str>,
+    once: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let state = Stores::open_state(&cfg)?;
+    let one = match relay {
+        Some(r) => {
+            let url = parse_relay_url(r, &cfg.network.url_policy()).with_context(|| {
+                format!(
+                    "cannot check {r:?} (set [network] allow_local = true for loopback/private relays)"
+                )
+            })?;
+            let (id, _) = state.add_relay(&url, "cli")?;
+            Some((id, url))
+        }
+        None => None,
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        watch_signals(shutdown.clone());
+        let (ctx, publishing) = context(&cfg, state, shutdown)?;
+        let ctx = Arc::new(ctx);
+        if let (true, Some(p)) = (once, &ctx.publisher) {
+            // `run` announces itself on start; a one-off sweep does it here.
+            match monitor::publish::announcement_event(&ctx.keys, &ctx.cfg) {
+                Ok(ev) => p.send(ev),
+                Err(e) => tracing::warn!(error = %e, "cannot sign kind 10166"),
+            }
+        }
+        if !once {
+            tracing::info!(
+                max_concurrent = cfg.monitor.max_concurrent,
+                "monitor running; SIGINT/SIGTERM stops it"
+            );
+            monitor::run(ctx.clone()).await?;
+            finish(ctx, publishing).await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let reports = match &one {
+            Some((id, url)) => {
+                let due = DueRelay {
+                    id: *id,
+                    url: url.to_string(),
+                    status: String::new(),
+                    open_due: true,
+                    nip11_due: true,
+                    nip66_due: true,
+                };
+                vec![monitor::check_relay(&ctx, &due, true).await]
+            }
+            None => monitor::sweep(ctx.clone()).await.1,
+        };
+        finish(ctx, publishing).await;
+        print_reports(&reports, one.is_some(), json)?;
+        // A relay that could not be opened is a failed check (policy answers are facts).
+        let opened = |r: &RelayReport| r.rtt.as_ref().is_some_and(|t| t.open_ms.is_some());
+        Ok(if one.is_none() || reports.iter().all(opened) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+/// Drop the context (closing the publishing queue) and wait until everything queued was sent.
+async fn finish(ctx: Arc<MonitorContext>, publishing: Option<tokio::task::JoinHandle<()>>) {
+    let stats = ctx.publisher.as_ref().map(|p| p.stats.clone());
+    drop(ctx);
+    if let Some(h) = publishing {
+        let _ = h.await;
+    }
+    if let Some(s) = stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        tracing::info!(
+            accepted = s.accepted.load(Relaxed),
+            refused = s.refused.load(Relaxed),
+            failed = s.failed.load(Relaxed),
+            dropped = s.dropped.load(Relaxed),
+            "published NIP-66 events"
+        );
+    }
+}
+
+fn print_reports(reports: &[RelayReport], one: bool, json: bool) -> Result<()> {
+    if json {
+        let v = if one {
+            serde_json::to_value(&reports[0])?
+        } else {
+            serde_json::to_value(reports)?
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let show = |v: Option<u64>| v.map_or("-".to_string(), |m| format!("{m} ms"));
+    if !one {
+        let online = reports.iter().filter(|r| r.status == "online").count();
+        println!("{} relays checked, {} online", reports.len(), online);
+        for r in reports {
+            let rtt = r.rtt.clone().unwrap_or_default();
+            println!(
+                "{:<50} {:<8} open {:>8} read {:>8} write {:>8}",
+                r.url,
+                r.status,
+                show(rtt.open_ms),
+                show(rtt.read_ms),
+                show(rtt.write_ms)
+            );
+        }
+        return Ok(());
+    }
+    let r = &reports[0];
+    println!("relay:        {}", r.url);
+    println!("status:       {}", r.status);
+    if let Some(e) = &r.error {
+        println!("error:        {e}");
+    }
+    match (&r.nip11, &r.nip11_error) {
+        (Some(doc), _) => println!("nip11:        {doc}"),
+        (None, Some(e)) => println!("nip11:        failed: {e}"),
+        _ => {}
+    }
+    if let Some(rtt) = &r.rtt {
+        println!(
+            "rtt:          open {}, read {}, write {}",
+            show(rtt.open_ms),
+            show(rtt.read_ms),
+            show(rtt.write_ms)
+        );
+        if let Some(p) = &rtt.read_policy {
+            println!("read policy:  {p}");
+        }
+        if let Some(p) = &rtt.write_policy {
+            println!("write policy: {p}");
+        }
+        if let Some(b) = rtt.write_read_back {
+            println!("read back:    {}", if b { "yes" } else { "no" });
+        }
+        for e in &rtt.errors {
+            println!("error:        {e}");
+        }
+    }
+    if let Some(f) = &r.facts {
+        println!("network:      {}", f.network);
+        if let Some(d) = &f.dns {
+            println!(
+                "dns:          {}{}",
+                d.addresses.join(", "),
+                d.error
+                    .as_ref()
+                    .map(|e| format!(" (failed: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(t) = &f.tls {
+            println!(
+                "tls:          {} issuer {:?}, names {:?}, expires {}{}",
+                if t.verified { "valid," } else { "NOT valid," },
+                t.issuer.as_deref().unwrap_or("-"),
+                t.names,
+                t.not_after.map_or("-".into(), |s| date(s / 86_400)),
+                t.verify_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn cmd_relays_list(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let since = now_secs() as i64 - 7 * 86_400;
+    let rows = Stores::open_state(cfg)?.health(since)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<45} {:<9} {:<8} {:>10} {:>6} {:>6} {:>6} {:>7}  software",
+        "url", "network", "status", "checked", "open", "read", "write", "up 7d"
+    );
+    let ms = |v: Option<i64>| v.map_or("-".to_string(), |m| m.to_string());
+    for r in rows {
+        println!(
+            "{:<45} {:<9} {:<8} {:>10} {:>6} {:>6} {:>6} {:>7}  {}",
+            r.url,
+            r.network,
+            r.status,
+            r.checked_at.map_or("never".into(), ago),
+            ms(r.open_ms),
+            ms(r.read_ms),
+            ms(r.write_ms),
+            r.uptime_7d
+                .map_or("-".into(), |u| format!("{:.1}%", u * 100.0)),
+            [
+                r.software.unwrap_or_default(),
+                r.version.unwrap_or_default()
+            ]
+            .join(" ")
+            .trim()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_relays_show(cfg: &Config, url: &str, days: u32, json: bool) -> Result<ExitCode> {
+    let state = Stores::open_state(cfg)?;
+    let norm = parse_relay_url(url, &cfg.network.url_policy())
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| url.to_string());
+    let Some((id, h)) = state.health_of(&norm)? else {
+        anyhow::bail!("{norm} is not registered (add it with `bigbrotr relays add {norm}`)");
+    };
+    let now = now_secs() as i64;
+    let since = now - i64::from(days) * 86_400;
+    let doc = |id: &Option<String>| -> Result<serde_json::Value> {
+        Ok(match id {
+            Some(id) => state
+                .document(id)?
+                .and_then(|d| serde_json::from_str(&d).ok())
+                .unwrap_or(serde_json::Value::Null),
+            None => serde_json::Value::Null,
+        })
+    };
+    let nip11 = doc(&h.nip11_id)?;
+    let nip66 = doc(&h.nip66_id)?;
+    let daily = state.daily_uptime(id, since - since.rem_euclid(86_400))?;
+    let history = state.history(id, since, i64::MAX, 50)?;
+    if json {
+        let v = serde_json::json!({
+            "health": h,
+            "nip11": nip11,
+            "nip66": nip66,
+            "uptime": state.uptime(id, since)?,
+            "daily": daily.iter().map(|d| serde_json::json!({
+                "date": date(d.day), "checks": d.checks, "online": d.online,
+            })).collect::<Vec<_>>(),
+            "history": history,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("relay:       {} ({})", h.url, h.network);
+    println!(
+        "status:      {} ({} failed opens in a row), last check {}, last online {}",
+        h.status,
+        h.failures,
+        h.checked_at.map_or("never".into(), ago),
+        h.last_online_at.map_or("never".into(), ago)
+    );
+    if let Some(e) = &h.last_error {
+        println!("last error:  {e}");
+    }
+    println!(
+        "rtt:         open {} ms, read {} ms, write {} ms{}{}",
+        h.open_ms.map_or("-".into(), |v| v.to_string()),
+        h.read_ms.map_or("-".into(), |v| v.to_string()),
+        h.write_ms.map_or("-".into(), |v| v.to_string()),
+        h.read_policy
+            .as_ref()
+            .map(|p| format!(", read policy {p}"))
+            .unwrap_or_default(),
+        h.write_policy
+            .as_ref()
+            .map(|p| format!(", write policy {p}"))
+            .unwrap_or_default(),
+    );
+    match (&h.nip11_at, &h.nip11_error) {
+        (Some(at), _) => println!(
+            "nip11:       fetched {}: {}",
+            ago(*at),
+            serde_json::to_string(&nip11)?
+        ),
+        (None, Some(e)) => println!("nip11:       failed: {e}"),
+        _ => println!("nip11:       never fetched"),
+    }
+    if let Some(at) = h.nip66_at {
+        println!(
+            "nip66:       {}: {}",
+            ago(at),
+            serde_json::to_string(&nip66)?
+        );
+    }
+    println!("uptime by day (UTC), last {days} days:");
+    for d in &daily {
+        println!(
+            "  {} {}  {:>5.1}%  ({} of {} checks opened)",
+            date(d.day),
+            weekday(d.day),
+            d.online as f64 * 100.0 / d.checks.max(1) as f64,
+            d.online,
+            d.checks
+        );
+    }
+    println!("recent checks:");
+    for o in history.iter().take(20) {
+        println!(
+            "  {} {:<6} {:<4} {}",
+            datetime(o.checked_at),
+            o.kind,
+            if o.ok { "ok" } else { "FAIL" },
+            o.rtt_open.map_or(String::new(), |v| format!("open {v} ms"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(t: i64) -> String {
+    let d = (now_secs() as i64 - t).max(0);
+    match d {
+        0..=119 => format!("{d} s ago"),
+        120..=7199 => format!("{} min ago", d / 60),
+        7200..=172_799 => format!("{} h ago", d / 3600),
+        _ => format!("{} d ago", d / 86_400),
+    }
+}
+
+/// YYYY-MM-DD of a day number (days since 1970-01-01), proleptic Gregorian.
+fn date(day: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn weekday(day: i64) -> &'static str {
+    ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][day.rem_euclid(7) as usize]
+}
+
+fn datetime(t: i64) -> String {
+    let s = t.rem_euclid(86_400);
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        date(t.div_euclid(86_400)),
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_and_weekdays() {
+        assert_eq!(super::date(0), "1970-01-01");
+        assert_eq!(super::weekday(0), "Thu");
+        // 2026-11-24 was a Tuesday.
+        let d = 20_781;
+        assert_eq!(super::date(d), "2026-11-24");
+        assert_eq!(super::weekday(d), "Tue");
+        assert_eq!(super::date(11_016), "2000-02-29");
+        assert_eq!(super::datetime(1_764_320_461), "2025-11-28 09:01:01");
+    }
+}

@@ -1,0 +1,754 @@
+//! Relay health as the Monitor sees it, in SQLite: the current state per relay
+//! (`relay_health`), the history of every check (`observation`), and the documents checks
+//! produced (`monitor_document`), stored once per distinct content.
+//!
+//! Kept here:
+//! - A check's observation, its document and the relay's new state are written in ONE
+//!   transaction ([`State::record_check`]): `relays list` never shows a state the history
+//!   does not explain, and a crash loses at most the check in flight.
+//! - Documents are content-addressed: id = sha256 of the canonical JSON (keys sorted, no
+//!   whitespace), so a NIP-11 document that did not change costs one row, however often fetched.
+//! - Status: `online` after a successful open; `offline` after `failure_threshold` failed opens
+//!   in a row; `unknown` before either. An offline relay gets only the cheap open check, at
+//!   growing intervals (`open_secs * 2^k`, capped at `max_backoff_secs`), so a dead relay costs
+//!   little; its first successful open makes it online and its other checks due again.
+//! - History older than `history_days` is pruned, but never an observation the shipper has not
+//!   sent upstream yet ([`State::prune_history`] takes the shipped watermark).
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::state::{now, truncate, State, StateError};
+
+pub(super) const SCHEMA_V3: &str = "
+    CREATE TABLE relay_health (
+        relay_id INTEGER PRIMARY KEY REFERENCES relay(id),
+        status TEXT NOT NULL DEFAULT 'unknown',
+        failures INTEGER NOT NULL DEFAULT 0,
+        checked_at INTEGER,
+        last_online_at INTEGER,
+        last_error TEXT,
+        open_ms INTEGER,
+        read_ms INTEGER,
+        write_ms INTEGER,
+        read_policy TEXT,
+        write_policy TEXT,
+        nip66_at INTEGER,
+        nip66_id TEXT,
+        software TEXT,
+        version TEXT,
+        nip11_at INTEGER,
+        nip11_id TEXT,
+        nip11_error TEXT,
+        next_open_at INTEGER NOT NULL DEFAULT 0,
+        next_nip11_at INTEGER NOT NULL DEFAULT 0,
+        next_nip66_at INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE monitor_document (
+        id TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE observation (
+        id INTEGER PRIMARY KEY,
+        relay_id INTEGER NOT NULL REFERENCES relay(id),
+        checked_at INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        rtt_open INTEGER,
+        document_id TEXT NOT NULL REFERENCES monitor_document(id)
+    );
+    CREATE INDEX observation_relay_time ON observation (relay_id, checked_at);
+    CREATE INDEX observation_time ON observation (checked_at);
+";
+
+/// The checks the Monitor runs, each on its own schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// Websocket handshake only: the cheap liveness check.
+    Open,
+    /// The NIP-11 information document.
+    Nip11,
+    /// NIP-66 round trips (open, read, write) with DNS, TLS and network facts.
+    Nip66,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Open => "open",
+            CheckKind::Nip11 => "nip11",
+            CheckKind::Nip66 => "nip66",
+        }
+    }
+    /// Open and NIP-66 checks both open a websocket: they decide online/offline.
+    pub fn opens(self) -> bool {
+        matches!(self, CheckKind::Open | CheckKind::Nip66)
+    }
+}
+
+/// How often each check runs, and how a failing relay is backed off.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub open_secs: i64,
+    pub nip11_secs: i64,
+    pub nip66_secs: i64,
+    pub failure_threshold: i64,
+    pub max_backoff_secs: i64,
+}
+
+/// The outcome of one check, as recorded.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOutcome {
+    /// Whether the check succeeded: for open/nip66 the websocket opened, for nip11 a document
+    /// was parsed. Policy answers are facts, not failures.
+    pub ok: bool,
+    pub open_ms: Option<u64>,
+    pub read_ms: Option<u64>,
+    pub write_ms: Option<u64>,
+    pub read_policy: Option<String>,
+    pub write_policy: Option<String>,
+    pub software: Option<String>,
+    pub version: Option<String>,
+    pub error: Option<String>,
+    /// The document kept in the history (NIP-11: the raw document; NIP-66: the result).
+    pub document: Value,
+}
+
+/// A relay with at least one check due.
+#[derive(Debug, Clone)]
+pub struct DueRelay {
+    pub id: u32,
+    pub url: String,
+    pub status: String,
+    pub open_due: bool,
+    pub nip11_due: bool,
+    pub nip66_due: bool,
+}
+
+/// What `bigbrotr relays list` shows per relay.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthRow {
+    pub url: String,
+    pub network: String,
+    pub status: String,
+    pub failures: i64,
+    pub checked_at: Option<i64>,
+    pub last_online_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub open_ms: Option<i64>,
+    pub read_ms: Option<i64>,
+    pub write_ms: Option<i64>,
+    pub read_policy: Option<String>,
+    pub write_policy: Option<String>,
+    pub software: Option<String>,
+    pub version: Option<String>,
+    pub nip11_at: Option<i64>,
+    pub nip11_id: Option<String>,
+    pub nip11_error: Option<String>,
+    pub nip66_at: Option<i64>,
+    pub nip66_id: Option<String>,
+    pub next_open_at: Option<i64>,
+    /// Share of opening checks that succeeded in the window asked for (`relays list`: 7 days).
+    pub uptime_7d: Option<f64>,
+}
+
+/// One entry of a relay's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObservationRow {
+    pub id: i64,
+    pub checked_at: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ok: bool,
+    pub rtt_open: Option<i64>,
+    pub document_id: String,
+}
+
+/// Checks and successful opens of one UTC day.
+#[derive(Debug, Clone, Serialize)]
+pub struct DayUptime {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub checks: i64,
+    pub online: i64,
+}
+
+/// An observation as the shipper sends it upstream. `kind` is the archive's metadata type:
+/// `open`, `nip66`, `nip11` (the relay's document as served) or `nip11_failed` (`{"error": ...}`),
+/// so a NIP-11 document is never confused with a failure record.
+#[derive(Debug, Clone)]
+pub struct ShipObservation {
+    pub id: i64,
+    pub url: String,
+    pub network: String,
+    pub checked_at: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+/// Canonical JSON text: object keys sorted (serde_json's map is ordered by key), no whitespace,
+/// U+0000 replaced by U+FFFD (PostgreSQL's jsonb cannot hold it, and the archive must store the
+/// document this node hashed).
+pub fn canonical_json(v: &Value) -> String {
+    fn clean(v: &Value) -> Value {
+        match v {
+            Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
+            Value::Array(a) => Value::Array(a.iter().map(clean).collect()),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), clean(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    clean(v).to_string()
+}
+
+/// Content address of a canonical document.
+pub fn document_id(canonical: &str) -> String {
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+const HEALTH_COLUMNS: &str = "r.url, r.network, coalesce(h.status, 'unknown'),
+    coalesce(h.failures, 0), h.checked_at, h.last_online_at, h.last_error, h.open_ms, h.read_ms,
+    h.write_ms, h.read_policy, h.write_policy, h.software, h.version, h.nip11_at, h.nip11_id,
+    h.nip11_error, h.nip66_at, h.nip66_id, h.next_open_at";
+
+fn row_to_health(r: &rusqlite::Row<'_>) -> rusqlite::Result<HealthRow> {
+    Ok(HealthRow {
+        url: r.get(0)?,
+        network: r.get(1)?,
+        status: r.get(2)?,
+        failures: r.get(3)?,
+        checked_at: r.get(4)?,
+        last_online_at: r.get(5)?,
+        last_error: r.get(6)?,
+        open_ms: r.get(7)?,
+        read_ms: r.get(8)?,
+        write_ms: r.get(9)?,
+        read_policy: r.get(10)?,
+        write_policy: r.get(11)?,
+        software: r.get(12)?,
+        version: r.get(13)?,
+        nip11_at: r.get(14)?,
+        nip11_id: r.get(15)?,
+        nip11_error: r.get(16)?,
+        nip66_at: r.get(17)?,
+        nip66_id: r.get(18)?,
+        next_open_at: r.get(19)?,
+        uptime_7d: None,
+    })
+}
+
+/// Text stored from the network is capped (a relay's name or error can be anything).
+fn capped(s: &Option<String>, max: usize) -> Option<&str> {
+    s.as_deref().map(|s| truncate(s, max))
+}
+
+impl State {
+    /// Relays with a check due at `at`, most overdue first, skipping `busy` ones (in flight).
+    /// An offline relay only gets its open check.
+    pub fn due_checks(
+        &self,
+        at: i64,
+        max: usize,
+        busy: &std::collections::HashSet<u32>,
+    ) -> Result<Vec<DueRelay>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT r.id, r.url, coalesce(h.status, 'unknown') AS s,
+                    coalesce(h.next_open_at, 0) AS o, coalesce(h.next_nip11_at, 0) AS n11,
+                    coalesce(h.next_nip66_at, 0) AS n66
+             FROM relay r LEFT JOIN relay_health h ON h.relay_id = r.id
+             WHERE o <= ?1 OR (s <> 'offline' AND (n11 <= ?1 OR n66 <= ?1))
+             ORDER BY min(o, CASE WHEN s = 'offline' THEN o ELSE min(n11, n66) END), r.id
+             LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![at, (max + busy.len()) as i64], |r| {
+            let status: String = r.get(2)?;
+            let offline = status == "offline";
+            Ok(DueRelay {
+                id: r.get(0)?,
+                url: r.get(1)?,
+                open_due: r.get::<_, i64>(3)? <= at,
+                nip11_due: !offline && r.get::<_, i64>(4)? <= at,
+                nip66_due: !offline && r.get::<_, i64>(5)? <= at,
+                status,
+            })
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let r = r?;
+            if !busy.contains(&r.id) && out.len() < max {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record one check: its document (once per content), the observation, and the relay's
+    /// new state and next due times, in one transaction. Returns the observation id.
+    pub fn record_check(
+        &self,
+        relay_id: u32,
+        kind: CheckKind,
+        at: i64,
+        out: &CheckOutcome,
+        sched: &Schedule,
+    ) -> Result<i64, StateError> {
+        let data = canonical_json(&out.document);
+        let doc = document_id(&data);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO monitor_document (id, data) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
+            params![doc, data],
+        )?;
+        tx.execute(
+            "INSERT INTO observation (relay_id, checked_at, type, ok, rtt_open, document_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                relay_id,
+                at,
+                kind.as_str(),
+                out.ok,
+                out.open_ms.map(|v| v as i64),
+                doc
+            ],
+        )?;
+        let obs = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO relay_health (relay_id) VALUES (?1) ON CONFLICT(relay_id) DO NOTHING",
+            [relay_id],
+        )?;
+        let (status, failures): (String, i64) = tx.query_row(
+            "SELECT status, failures FROM relay_health WHERE relay_id = ?1",
+            [relay_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let error = capped(&out.error, 500);
+        if kind.opens() {
+            let (status, failures, next_open) = if out.ok {
+                ("online".to_string(), 0, at + sched.open_secs)
+            } else {
+                let f = failures + 1;
+                let status = if f >= sched.failure_threshold {
+                    "offline".to_string()
+                } else {
+                    status
+                };
+                let wait = if f >= sched.failure_threshold {
+                    let k = (f - sched.failure_threshold + 1).min(30) as u32;
+                    sched
+                        .open_secs
+                        .saturating_mul(1i64 << k)
+                        .min(sched.max_backoff_secs.max(sched.open_secs))
+                } else {
+                    sched.open_secs
+                };
+                (status, f, at + wait)
+            };
+            tx.execute(
+                "UPDATE relay_health SET status = ?2, failures = ?3, checked_at = ?4,
+                    last_online_at = CASE WHEN ?5 THEN ?4 ELSE last_online_at END,
+                    last_error = ?6, next_open_at = ?7,
+                    open_ms = CASE WHEN ?5 THEN ?8 ELSE open_ms END
+                 WHERE relay_id = ?1",
+                params![
+                    relay_id,
+                    status,
+                    failures,
+                    at,
+                    out.ok,
+                    error,
+                    next_open,
+                    out.open_ms.map(|v| v as i64)
+                ],
+            )?;
+        }
+        match kind {
+            CheckKind::Open => {}
+            CheckKind::Nip66 => {
+                tx.execute(
+                    "UPDATE relay_health SET nip66_at = ?2, nip66_id = ?3, read_ms = ?4,
+                        write_ms = ?5, read_policy = ?6, write_policy = ?7, next_nip66_at = ?8
+                     WHERE relay_id = ?1",
+                    params![
+                        relay_id,
+                        at,
+                        doc,
+                        out.read_ms.map(|v| v as i64),
+                        out.write_ms.map(|v| v as i64),
+                        capped(&out.read_policy, 200),
+                        capped(&out.write_policy, 200),
+                        at + sched.nip66_secs
+                    ],
+                )?;
+            }
+            CheckKind::Nip11 => {
+                if out.ok {
+                    tx.execute(
+                        "UPDATE relay_health SET nip11_at = ?2, nip11_id = ?3, software = ?4,
+                            version = ?5, nip11_error = NULL, next_nip11_at = ?6
+                         WHERE relay_id = ?1",
+                        params![
+                            relay_id,
+                            at,
+                            doc,
+                            capped(&out.software, 200),
+                            capped(&out.version, 100),
+                            at + sched.nip11_secs
+                        ],
+                    )?;
+                } else {
+                    tx.execute(
+                        "UPDATE relay_health SET nip11_error = ?2, next_nip11_at = ?3
+                         WHERE relay_id = ?1",
+                        params![relay_id, error, at + sched.nip11_secs],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(obs)
+    }
+
+    /// A relay on a network this node has no route to: not checked (no observation, so no
+    /// false downtime), status `no_route`, looked at again after `retry_secs` or at restart.
+    pub fn mark_unroutable(
+        &self,
+        relay_id: u32,
+        at: i64,
+        retry_secs: i64,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO relay_health (relay_id, status, last_error, next_open_at, next_nip11_at,
+                next_nip66_at) VALUES (?1, 'no_route', ?2, ?3, ?3, ?3)
+             ON CONFLICT(relay_id) DO UPDATE SET status = 'no_route', last_error = ?2,
+                next_open_at = ?3, next_nip11_at = ?3, next_nip66_at = ?3",
+            params![relay_id, truncate(reason, 500), at + retry_secs],
+        )?;
+        Ok(())
+    }
+
+    /// At start-up: routes may have been configured since, so look at `no_route` relays again.
+    pub fn clear_unroutable(&self) -> Result<usize, StateError> {
+        Ok(self.conn().execute(
+            "UPDATE relay_health SET status = 'unknown', next_open_at = 0, next_nip11_at = 0,
+                next_nip66_at = 0 WHERE status = 'no_route'",
+            [],
+        )?)
+    }
+
+    /// Every registered relay with its health (relays never checked show `unknown`) and its
+    /// uptime since `uptime_since`.
+    pub fn health(&self, uptime_since: i64) -> Result<Vec<HealthRow>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {HEALTH_COLUMNS},
+                (SELECT avg(o.ok) FROM observation o WHERE o.relay_id = r.id
+                    AND o.checked_at >= ?1 AND o.type IN ('open', 'nip66'))
+             FROM relay r LEFT JOIN relay_health h ON h.relay_id = r.id ORDER BY r.url"
+        ))?;
+        let rows = st.query_map([uptime_since], |r| {
+            let mut h = row_to_health(r)?;
+            h.uptime_7d = r.get(20)?;
+            Ok(h)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One relay's id and health, by normalized URL.
+    pub fn health_of(&self, url: &str) -> Result<Option<(u32, HealthRow)>, StateError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT {HEALTH_COLUMNS}, r.id FROM relay r
+                     LEFT JOIN relay_health h ON h.relay_id = r.id WHERE r.url = ?1"
+                ),
+                [url],
+                |r| Ok((r.get(20)?, row_to_health(r)?)),
+            )
+            .optional()?)
+    }
+
+    /// A stored document's JSON text.
+    pub fn document(&self, id: &str) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT data FROM monitor_document WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// A relay's observations in `[since, until)`, newest first, at most `max`.
+    pub fn history(
+        &self,
+        relay_id: u32,
+        since: i64,
+        until: i64,
+        max: usize,
+    ) -> Result<Vec<ObservationRow>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, checked_at, type, ok, rtt_open, document_id FROM observation
+             WHERE relay_id = ?1 AND checked_at >= ?2 AND checked_at < ?3
+             ORDER BY checked_at DESC, id DESC LIMIT ?4",
+        )?;
+        let rows = st.query_map(params![relay_id, since, until, max as i64], |r| {
+            Ok(ObservationRow {
+                id: r.get(0)?,
+                checked_at: r.get(1)?,
+                kind: r.get(2)?,
+                ok: r.get(3)?,
+                rtt_open: r.get(4)?,
+                document_id: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Per UTC day since `since`: how many checks opened the relay, out of how many.
+    pub fn daily_uptime(&self, relay_id: u32, since: i64) -> Result<Vec<DayUptime>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT checked_at / 86400 AS day, count(*), sum(ok) FROM observation
+             WHERE relay_id = ?1 AND checked_at >= ?2 AND type IN ('open', 'nip66')
+             GROUP BY day ORDER BY day",
+        )?;
+        let rows = st.query_map(params![relay_id, since], |r| {
+            Ok(DayUptime {
+                day: r.get(0)?,
+                checks: r.get(1)?,
+                online: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Share of opening checks that succeeded since `since`, `None` without checks.
+    pub fn uptime(&self, relay_id: u32, since: i64) -> Result<Option<f64>, StateError> {
+        let (n, ok): (i64, Option<i64>) = self.conn().query_row(
+            "SELECT count(*), sum(ok) FROM observation
+             WHERE relay_id = ?1 AND checked_at >= ?2 AND type IN ('open', 'nip66')",
+            params![relay_id, since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((n > 0).then(|| ok.unwrap_or(0) as f64 / n as f64))
+    }
+
+    /// Observations with `id > after`, oldest first, for the shipper.
+    pub fn observations_after(
+        &self,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<ShipObservation>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT o.id, r.url, r.network, o.checked_at,
+                    CASE WHEN o.type = 'nip11' AND NOT o.ok THEN 'nip11_failed' ELSE o.type END,
+                    d.data
+             FROM observation o JOIN relay r ON r.id = o.relay_id
+             JOIN monitor_document d ON d.id = o.document_id
+             WHERE o.id > ?1 ORDER BY o.id LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![after, max as i64], |r| {
+            Ok(ShipObservation {
+                id: r.get(0)?,
+                url: r.get(1)?,
+                network: r.get(2)?,
+                checked_at: r.get(3)?,
+                kind: r.get(4)?,
+                data: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Observations recorded so far and the newest id (for `status`).
+    pub fn observation_count(&self) -> Result<(i64, i64), StateError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*), coalesce(max(id), 0) FROM observation",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// Delete observations older than `before`, except those with `id > keep_after` (not yet
+    /// shipped), then documents nothing refers to. Returns (observations, documents) deleted.
+    pub fn prune_history(
+        &self,
+        before: i64,
+        keep_after: Option<i64>,
+    ) -> Result<(usize, usize), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let obs = tx.execute(
+            "DELETE FROM observation WHERE checked_at < ?1 AND id <= ?2",
+            params![before, keep_after.unwrap_or(i64::MAX)],
+        )?;
+        let docs = tx.execute(
+            "DELETE FROM monitor_document WHERE
+                NOT EXISTS (SELECT 1 FROM observation o WHERE o.document_id = monitor_document.id)
+                AND id NOT IN (SELECT nip11_id FROM relay_health WHERE nip11_id IS NOT NULL)
+                AND id NOT IN (SELECT nip66_id FROM relay_health WHERE nip66_id IS NOT NULL)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok((obs, docs))
+    }
+}
+
+/// Unix seconds now (the monitor's clock).
+pub fn unix_now() -> i64 {
+    now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::url::parse_relay_url;
+
+    const SCHED: Schedule = Schedule {
+        open_secs: 300,
+        nip11_secs: 3600,
+        nip66_secs: 7200,
+        failure_threshold: 3,
+        max_backoff_secs: 86_400,
+    };
+
+    fn open(ok: bool, ms: u64) -> CheckOutcome {
+        CheckOutcome {
+            ok,
+            open_ms: ok.then_some(ms),
+            error: (!ok).then(|| "connect refused".to_string()),
+            document: serde_json::json!({ "rtt_open": ok.then_some(ms) }),
+            ..Default::default()
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, State, u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(&dir.path().join("state.sqlite")).unwrap();
+        let policy = crate::protocol::url::UrlPolicy {
+            allow_local: true,
+            ..Default::default()
+        };
+        let url = parse_relay_url("ws://127.0.0.1:7777", &policy).unwrap();
+        let (id, _) = state.add_relay(&url, "test").unwrap();
+        (dir, state, id)
+    }
+
+    #[test]
+    fn canonical_documents_ignore_key_order_and_nul() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"q\u0000"}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{ "a": {"x":"q\ufffd", "y":[1, 2]}, "b":1 }"#).unwrap();
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":"q�","y":[1,2]},"b":1}"#);
+        assert_eq!(
+            document_id(&canonical_json(&a)),
+            document_id(&canonical_json(&b))
+        );
+    }
+
+    #[test]
+    fn new_relays_are_due_for_every_check_and_then_scheduled() {
+        let (_d, st, id) = setup();
+        let none = Default::default();
+        let due = st.due_checks(1000, 10, &none).unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(due[0].open_due && due[0].nip11_due && due[0].nip66_due);
+        st.record_check(id, CheckKind::Nip66, 1000, &open(true, 12), &SCHED)
+            .unwrap();
+        let due = st.due_checks(1000, 10, &none).unwrap();
+        assert!(due[0].nip11_due && !due[0].nip66_due && !due[0].open_due);
+        st.record_check(id, CheckKind::Nip11, 1000, &open(true, 0), &SCHED)
+            .unwrap();
+        assert!(st.due_checks(1000, 10, &none).unwrap().is_empty());
+        let due = st.due_checks(1300, 10, &none).unwrap();
+        assert!(due[0].open_due && !due[0].nip11_due);
+        // In flight: not handed out twice.
+        assert!(st.due_checks(1300, 10, &[id].into()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failures_mark_a_relay_offline_and_back_off_until_it_answers() {
+        let (_d, st, id) = setup();
+        let none = Default::default();
+        st.record_check(id, CheckKind::Nip66, 0, &open(true, 5), &SCHED)
+            .unwrap();
+        let mut t = 0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            t += 300;
+            st.record_check(id, CheckKind::Open, t, &open(false, 0), &SCHED)
+                .unwrap();
+            let h = st.health_of("ws://127.0.0.1:7777").unwrap().unwrap().1;
+            waits.push((h.status.clone(), h.next_open_at.unwrap() - t));
+        }
+        assert_eq!(
+            waits,
+            vec![
+                ("online".into(), 300),
+                ("online".into(), 300),
+                ("offline".into(), 600),
+                ("offline".into(), 1200),
+                ("offline".into(), 2400),
+                ("offline".into(), 4800),
+            ]
+        );
+        // Offline: only the open check is handed out, even long after nip11/nip66 fell due.
+        let due = st.due_checks(t + 100_000, 10, &none).unwrap();
+        assert!(due[0].open_due && !due[0].nip11_due && !due[0].nip66_due);
+        st.record_check(id, CheckKind::Open, t + 100_000, &open(true, 7), &SCHED)
+            .unwrap();
+        let h = st.health_of("ws://127.0.0.1:7777").unwrap().unwrap().1;
+        assert_eq!(
+            (h.status.as_str(), h.failures, h.open_ms),
+            ("online", 0, Some(7))
+        );
+        let due = st.due_checks(t + 100_000, 10, &none).unwrap();
+        assert!(due[0].nip11_due && due[0].nip66_due);
+        // Uptime over the whole history: 2 of 8 opening checks succeeded.
+        assert_eq!(st.uptime(id, 0).unwrap(), Some(2.0 / 8.0));
+    }
+
+    #[test]
+    fn identical_documents_are_stored_once_and_pruning_keeps_unshipped() {
+        let (_d, st, id) = setup();
+        let doc = serde_json::json!({"name": "x", "supported_nips": [1, 11]});
+        let nip11 = CheckOutcome {
+            ok: true,
+            software: Some("strfry".into()),
+            document: doc,
+            ..Default::default()
+        };
+        for t in [100, 200, 86_400 * 2] {
+            st.record_check(id, CheckKind::Nip11, t, &nip11, &SCHED)
+                .unwrap();
+        }
+        let n: i64 = st
+            .conn()
+            .query_row("SELECT count(*) FROM monitor_document", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let all = st.observations_after(0, 10).unwrap();
+        assert_eq!(all.len(), 3);
+        // Nothing shipped yet: nothing older is deleted.
+        assert_eq!(st.prune_history(86_400, Some(0)).unwrap(), (0, 0));
+        // The first is shipped: only it goes.
+        assert_eq!(st.prune_history(86_400, Some(all[0].id)).unwrap(), (1, 0));
+        assert_eq!(st.history(id, 0, i64::MAX, 10).unwrap().len(), 2);
+        let days = st.daily_uptime(id, 0).unwrap();
+        assert!(days.is_empty(), "nip11 checks are not opens: {days:?}");
+    }
+}
