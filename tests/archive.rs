@@ -930,6 +930,9 @@ async fn monitor_observations_reach_the_archive_per_vantage_node() {
             for _ in 0..2 {
                 let out = node.run(&["monitor", "--relay", &url, "--once"]);
                 assert!(out.status.success(), "monitor: {}", stderr(&out));
+                // The archive keys a series by (relay, type, node, second): checks of one
+                // kind are minutes apart in service; here, a second apart.
+                std::thread::sleep(std::time::Duration::from_millis(1100));
             }
             node
         })
