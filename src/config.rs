@@ -299,6 +299,11 @@ pub struct MonitorConfig {
     pub publish: bool,
     /// Relays the 30166/10166 events are sent to.
     pub publish_relays: Vec<String>,
+    /// A MaxMind-format City database (e.g. GeoLite2-City.mmdb) for country, city and geohash.
+    /// Unset: no geo facts. Never downloaded by the node.
+    pub geoip_city_file: Option<PathBuf>,
+    /// A MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb). Unset: no ASN facts.
+    pub geoip_asn_file: Option<PathBuf>,
 }
 
 impl Default for MonitorConfig {
@@ -316,6 +321,8 @@ impl Default for MonitorConfig {
             history_days: 30,
             publish: false,
             publish_relays: Vec::new(),
+            geoip_city_file: None,
+            geoip_asn_file: None,
         }
     }
 }
@@ -632,6 +639,15 @@ impl Config {
             .password_file
             .as_deref()
             .map(|p| self.resolve(p))
+    }
+
+    /// `monitor.geoip_city_file` and `monitor.geoip_asn_file`, resolved like every path here.
+    pub fn geoip_files(&self) -> (Option<PathBuf>, Option<PathBuf>) {
+        let m = &self.monitor;
+        (
+            m.geoip_city_file.as_deref().map(|p| self.resolve(p)),
+            m.geoip_asn_file.as_deref().map(|p| self.resolve(p)),
+        )
     }
 
     pub fn upstream_ca_file(&self) -> Option<PathBuf> {

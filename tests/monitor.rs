@@ -95,7 +95,7 @@ async fn silent_relay_times_out_and_unreachable_relay_fails() {
     );
     assert!(out.status.success(), "open worked: {}", stderr(&out));
     let errors = v["rtt"]["errors"].to_string();
-    assert!(errors.contains("read: no EOSE within 2 s"), "{v}");
+    assert!(errors.contains("read: no EOSE within 2000 ms"), "{v}");
 
     // Nothing listens on port 1: the check fails, naming the step.
     let node = Node::new("");
@@ -360,6 +360,8 @@ async fn sweeps_keep_status_history_and_uptime() {
             if round == 1 { "unknown" } else { "offline" },
             "round {round}"
         );
+        // Uptime is a share of watched time (whole seconds): let some pass between sweeps.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     let list = json_of(&node.run(&["relays", "list", "--json"]));
     let row = |u: &str| {
@@ -399,6 +401,8 @@ async fn sweeps_keep_status_history_and_uptime() {
         (daily[0]["checks"].as_i64(), daily[0]["online"].as_i64()),
         (Some(3), Some(3))
     );
+    assert_eq!(daily[0]["uptime"], 1.0, "{show}");
+    assert!(daily[0]["up_secs"].as_i64().unwrap() >= 2, "{show}");
     let kinds: Vec<&str> = show["history"]
         .as_array()
         .unwrap()
@@ -626,8 +630,101 @@ async fn notice_trickle_cannot_hold_a_check() {
         .unwrap();
     assert!(t.elapsed() < Duration::from_secs(30), "bounded");
     let errors = v["rtt"]["errors"].to_string();
+    assert!(errors.contains("read: no EOSE within 2000 ms"), "{v}");
+}
+
+/// Geo and ASN only from operator-supplied MaxMind-format files: recorded with the NIP-66 result
+/// and published as the 30166 `g` tag; a bad file is refused at start naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geo_and_asn_come_from_local_maxmind_files() {
+    use support::mmdb::{s, write_ipv4, V};
+    let dir = tempfile::tempdir().unwrap();
+    let (city, asn) = (dir.path().join("city.mmdb"), dir.path().join("asn.mmdb"));
+    write_ipv4(
+        &city,
+        [127, 0, 0, 0],
+        8,
+        V::Map(vec![
+            ("country", V::Map(vec![("iso_code", s("DE"))])),
+            (
+                "city",
+                V::Map(vec![("names", V::Map(vec![("en", s("Berlin"))]))]),
+            ),
+            (
+                "location",
+                V::Map(vec![
+                    ("latitude", V::F64(52.52)),
+                    ("longitude", V::F64(13.405)),
+                ]),
+            ),
+        ]),
+        "GeoLite2-City",
+    );
+    write_ipv4(
+        &asn,
+        [127, 0, 0, 0],
+        8,
+        V::Map(vec![
+            ("autonomous_system_number", V::U32(64_512)),
+            ("autonomous_system_organization", s("Loopback Networks")),
+        ]),
+        "GeoLite2-ASN",
+    );
+    let target = local_relay(&[], RelayOpts::default()).await;
+    let watched = local_relay(&[], RelayOpts::default()).await;
+    let node = Node::new(&format!(
+        "[monitor]\ncheck_timeout_secs = 3\npublish = true\npublish_relays = [\"{}\"]\ngeoip_city_file = \"{}\"\ngeoip_asn_file = \"{}\"\n",
+        target.url,
+        city.display(),
+        asn.display()
+    ));
+    let url = watched.url.clone();
+    let node = std::sync::Arc::new(node);
+    let n2 = node.clone();
+    let (out, v) = tokio::task::spawn_blocking(move || monitor(&n2, &url))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let geo = &v["facts"]["geo"];
+    assert_eq!(geo["address"], "127.0.0.1", "{v}");
+    assert_eq!(geo["country"], "DE");
+    assert_eq!(geo["city"], "Berlin");
+    assert_eq!(geo["geohash"], "u33dc0", "{v}");
+    assert_eq!(geo["asn"], 64_512);
+    assert_eq!(geo["as_org"], "Loopback Networks");
+    let ev = target
+        .db
+        .query(nostr::Filter::new().kind(nostr::Kind::from(30166u16)))
+        .await
+        .unwrap();
+    let ev = ev.first().expect("a 30166");
     assert!(
-        errors.contains("no EOSE within 2 s") || errors.contains("not done within"),
-        "{v}"
+        ev.tags.iter().any(|t| t.as_slice() == ["g", "u33dc0"]),
+        "{:?}",
+        ev.tags
+    );
+    let ann = target
+        .db
+        .query(nostr::Filter::new().kind(nostr::Kind::from(10166u16)))
+        .await
+        .unwrap();
+    assert!(ann
+        .first()
+        .unwrap()
+        .tags
+        .iter()
+        .any(|t| t.as_slice() == ["c", "geo"]));
+
+    // Not a MaxMind file: refused before anything runs, naming the setting.
+    std::fs::write(&city, b"not a database").unwrap();
+    let url = watched.url.clone();
+    let (out, _) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("monitor.geoip_city_file") && err.contains("MaxMind"),
+        "{err}"
     );
 }

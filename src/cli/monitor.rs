@@ -23,6 +23,9 @@ pub(super) fn context(
     shutdown: Shutdown,
 ) -> Result<(MonitorContext, Option<tokio::task::JoinHandle<()>>)> {
     let (keys, _) = crate::keys::load_or_create(&cfg.key_file())?;
+    let (city, asn) = cfg.geoip_files();
+    let geo = crate::services::monitor::geo::GeoDb::open(city.as_deref(), asn.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let (publisher, handle) = if cfg.monitor.publish {
         let policy = cfg.network.url_policy();
         let targets = cfg
@@ -51,6 +54,7 @@ pub(super) fn context(
             shutdown,
             publisher,
             upstream: cfg.upstream.enabled(),
+            geo,
         },
         handle,
     ))
@@ -83,7 +87,8 @@ pub(super) fn cmd_monitor(
         let ctx = Arc::new(ctx);
         if let (true, Some(p)) = (once, &ctx.publisher) {
             // `run` announces itself on start; a one-off sweep does it here.
-            match monitor::publish::announcement_event(&ctx.keys, &ctx.cfg) {
+            match monitor::publish::announcement_event(&ctx.keys, &ctx.cfg, ctx.geo.is_configured())
+            {
                 Ok(ev) => p.send(ev),
                 Err(e) => tracing::warn!(error = %e, "cannot sign kind 10166"),
             }
@@ -212,6 +217,17 @@ fn print_reports(reports: &[RelayReport], one: bool, json: bool) -> Result<()> {
                     .unwrap_or_default()
             );
         }
+        if let Some(g) = &f.geo {
+            println!(
+                "geo:          {} {} {} (geohash {}), AS{} {}",
+                g.address,
+                g.country.as_deref().unwrap_or("-"),
+                g.city.as_deref().unwrap_or("-"),
+                g.geohash.as_deref().unwrap_or("-"),
+                g.asn.map_or("-".into(), |a| a.to_string()),
+                g.as_org.as_deref().unwrap_or("")
+            );
+        }
         if let Some(t) = &f.tls {
             println!(
                 "tls:          {} issuer {:?}, names {:?}, expires {}{}",
@@ -294,7 +310,8 @@ pub(super) fn cmd_relays_show(cfg: &Config, url: &str, days: u32, json: bool) ->
             "nip66": nip66,
             "uptime": state.uptime(id, since)?,
             "daily": daily.iter().map(|d| serde_json::json!({
-                "date": date(d.day), "checks": d.checks, "online": d.online,
+                "date": date(d.day), "uptime": d.uptime(), "up_secs": d.up_secs,
+                "down_secs": d.down_secs, "checks": d.checks, "online": d.online,
             })).collect::<Vec<_>>(),
             "history": history,
         });
@@ -345,10 +362,12 @@ pub(super) fn cmd_relays_show(cfg: &Config, url: &str, days: u32, json: bool) ->
     println!("uptime by day (UTC), last {days} days:");
     for d in &daily {
         println!(
-            "  {} {}  {:>5.1}%  ({} of {} checks opened)",
+            "  {} {}  {:>6} up  ({:.1} h watched; {} of {} checks opened)",
             date(d.day),
             weekday(d.day),
-            d.online as f64 * 100.0 / d.checks.max(1) as f64,
+            d.uptime()
+                .map_or("-".to_string(), |u| format!("{:.1}%", u * 100.0)),
+            (d.up_secs + d.down_secs) as f64 / 3600.0,
             d.online,
             d.checks
         );

@@ -172,7 +172,7 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
             .relays_after(relay_wm, REGISTRY_PER_BATCH)
             .map_err(|e| store_err(&e))?;
         let observations = state
-            .observations_after(obs_wm, OBSERVATIONS_PER_CALL)
+            .observations_after(obs_wm, OBSERVATIONS_PER_CALL, ctx.cfg.batch_max_mb << 20)
             .map_err(|e| store_err(&e))?;
         if entries.is_empty() && registry.is_empty() && observations.is_empty() {
             if once {

@@ -13,7 +13,13 @@
 //!   growing intervals (`open_secs * 2^k`, capped at `max_backoff_secs`), so a dead relay costs
 //!   little; its first successful open makes it online and its other checks due again.
 //! - History older than `history_days` is pruned, but never an observation the shipper has not
-//!   sent upstream yet ([`State::prune_history`] takes the shipped watermark).
+//!   sent upstream yet ([`State::prune_history`] takes the shipped watermark). Observation ids
+//!   are AUTOINCREMENT: never reused after a prune, so the shipper's watermark stays valid.
+//! - Uptime is a share of TIME, not of samples: an online relay is checked every 5 minutes and
+//!   an offline one perhaps once a day, so counting checks would overstate uptime. Each opening
+//!   check closes the span since the previous one and credits it to the previous result, split
+//!   per UTC day (`uptime_day`). A span longer than twice the interval that was scheduled (the
+//!   monitor was not running) is capped there: time nobody watched is not counted.
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -44,14 +50,23 @@ pub(super) const SCHEMA_V3: &str = "
         nip11_error TEXT,
         next_open_at INTEGER NOT NULL DEFAULT 0,
         next_nip11_at INTEGER NOT NULL DEFAULT 0,
-        next_nip66_at INTEGER NOT NULL DEFAULT 0
+        next_nip66_at INTEGER NOT NULL DEFAULT 0,
+        last_open_at INTEGER,
+        last_open_ok INTEGER
+    );
+    CREATE TABLE uptime_day (
+        relay_id INTEGER NOT NULL REFERENCES relay(id),
+        day INTEGER NOT NULL,
+        up_secs INTEGER NOT NULL DEFAULT 0,
+        down_secs INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (relay_id, day)
     );
     CREATE TABLE monitor_document (
         id TEXT PRIMARY KEY,
         data TEXT NOT NULL
     );
     CREATE TABLE observation (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         relay_id INTEGER NOT NULL REFERENCES relay(id),
         checked_at INTEGER NOT NULL,
         type TEXT NOT NULL,
@@ -167,13 +182,23 @@ pub struct ObservationRow {
     pub document_id: String,
 }
 
-/// Checks and successful opens of one UTC day.
-#[derive(Debug, Clone, Serialize)]
+/// One UTC day of a relay: watched time up and down, and the opening checks behind it.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DayUptime {
     /// Days since 1970-01-01 (UTC).
     pub day: i64,
+    pub up_secs: i64,
+    pub down_secs: i64,
     pub checks: i64,
     pub online: i64,
+}
+
+impl DayUptime {
+    /// Share of the watched time the relay was up; `None` when nothing was watched.
+    pub fn uptime(&self) -> Option<f64> {
+        let t = self.up_secs + self.down_secs;
+        (t > 0).then(|| self.up_secs as f64 / t as f64)
+    }
 }
 
 /// An observation as the shipper sends it upstream. `kind` is the archive's metadata type:
@@ -325,10 +350,20 @@ impl State {
             "INSERT INTO relay_health (relay_id) VALUES (?1) ON CONFLICT(relay_id) DO NOTHING",
             [relay_id],
         )?;
-        let (status, failures): (String, i64) = tx.query_row(
-            "SELECT status, failures FROM relay_health WHERE relay_id = ?1",
+        let (status, failures, last_open, next_open_was): (
+            String,
+            i64,
+            Option<(i64, bool)>,
+            i64,
+        ) = tx.query_row(
+            "SELECT status, failures, last_open_at, last_open_ok, next_open_at FROM relay_health
+             WHERE relay_id = ?1",
             [relay_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| {
+                let at: Option<i64> = r.get(2)?;
+                let ok: Option<bool> = r.get(3)?;
+                Ok((r.get(0)?, r.get(1)?, at.zip(ok), r.get(4)?))
+            },
         )?;
         let error = capped(&out.error, 500);
         if kind.opens() {
@@ -352,11 +387,19 @@ impl State {
                 };
                 (status, f, at + wait)
             };
+            if let Some((prev_at, prev_ok)) = last_open {
+                // Credit the span since the previous opening check to that check's result,
+                // capped at twice the interval that was scheduled then.
+                let expected = (next_open_was - prev_at).max(sched.open_secs);
+                let end = at.min(prev_at.saturating_add(expected.saturating_mul(2)));
+                credit_span(&tx, relay_id, prev_at, end, prev_ok)?;
+            }
             tx.execute(
                 "UPDATE relay_health SET status = ?2, failures = ?3, checked_at = ?4,
                     last_online_at = CASE WHEN ?5 THEN ?4 ELSE last_online_at END,
                     last_error = ?6, next_open_at = ?7,
-                    open_ms = CASE WHEN ?5 THEN ?8 ELSE open_ms END
+                    open_ms = CASE WHEN ?5 THEN ?8 ELSE open_ms END,
+                    last_open_at = ?4, last_open_ok = ?5
                  WHERE relay_id = ?1",
                 params![
                     relay_id,
@@ -417,30 +460,32 @@ impl State {
         Ok(obs)
     }
 
-    /// A relay on a network this node has no route to: not checked (no observation, so no
-    /// false downtime), status `no_route`, looked at again after `retry_secs` or at restart.
-    pub fn mark_unroutable(
+    /// A relay this node will not check: `no_route` (an overlay network without a route) or
+    /// `refused` (the address policy refuses it now). No observation is recorded (no false
+    /// downtime); every check is pushed `retry_secs` out; restart looks again.
+    pub fn mark_skipped(
         &self,
         relay_id: u32,
+        status: &str,
         at: i64,
         retry_secs: i64,
         reason: &str,
     ) -> Result<(), StateError> {
         self.conn().execute(
             "INSERT INTO relay_health (relay_id, status, last_error, next_open_at, next_nip11_at,
-                next_nip66_at) VALUES (?1, 'no_route', ?2, ?3, ?3, ?3)
-             ON CONFLICT(relay_id) DO UPDATE SET status = 'no_route', last_error = ?2,
+                next_nip66_at) VALUES (?1, ?4, ?2, ?3, ?3, ?3)
+             ON CONFLICT(relay_id) DO UPDATE SET status = ?4, last_error = ?2,
                 next_open_at = ?3, next_nip11_at = ?3, next_nip66_at = ?3",
-            params![relay_id, truncate(reason, 500), at + retry_secs],
+            params![relay_id, truncate(reason, 500), at + retry_secs, status],
         )?;
         Ok(())
     }
 
-    /// At start-up: routes may have been configured since, so look at `no_route` relays again.
-    pub fn clear_unroutable(&self) -> Result<usize, StateError> {
+    /// At start-up: routes or the policy may have changed, so look at skipped relays again.
+    pub fn clear_skipped(&self) -> Result<usize, StateError> {
         Ok(self.conn().execute(
             "UPDATE relay_health SET status = 'unknown', next_open_at = 0, next_nip11_at = 0,
-                next_nip66_at = 0 WHERE status = 'no_route'",
+                next_nip66_at = 0 WHERE status IN ('no_route', 'refused')",
             [],
         )?)
     }
@@ -451,8 +496,9 @@ impl State {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "SELECT {HEALTH_COLUMNS},
-                (SELECT avg(o.ok) FROM observation o WHERE o.relay_id = r.id
-                    AND o.checked_at >= ?1 AND o.type IN ('open', 'nip66'))
+                (SELECT CASE WHEN sum(up_secs + down_secs) > 0
+                    THEN sum(up_secs) * 1.0 / sum(up_secs + down_secs) END
+                 FROM uptime_day u WHERE u.relay_id = r.id AND u.day >= ?1 / 86400)
              FROM relay r LEFT JOIN relay_health h ON h.relay_id = r.id ORDER BY r.url"
         ))?;
         let rows = st.query_map([uptime_since], |r| {
@@ -517,40 +563,67 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Per UTC day since `since`: how many checks opened the relay, out of how many.
+    /// Per UTC day from the day of `since`: watched time up/down and the opening checks.
     pub fn daily_uptime(&self, relay_id: u32, since: i64) -> Result<Vec<DayUptime>, StateError> {
         let conn = self.conn();
+        let first = since.div_euclid(86_400);
+        let mut days: std::collections::BTreeMap<i64, DayUptime> = Default::default();
+        let mut st = conn.prepare(
+            "SELECT day, up_secs, down_secs FROM uptime_day WHERE relay_id = ?1 AND day >= ?2",
+        )?;
+        for r in st.query_map(params![relay_id, first], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })? {
+            let (day, up, down) = r?;
+            let d = days.entry(day).or_default();
+            (d.day, d.up_secs, d.down_secs) = (day, up, down);
+        }
         let mut st = conn.prepare(
             "SELECT checked_at / 86400 AS day, count(*), sum(ok) FROM observation
              WHERE relay_id = ?1 AND checked_at >= ?2 AND type IN ('open', 'nip66')
-             GROUP BY day ORDER BY day",
+             GROUP BY day",
         )?;
-        let rows = st.query_map(params![relay_id, since], |r| {
-            Ok(DayUptime {
-                day: r.get(0)?,
-                checks: r.get(1)?,
-                online: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        for r in st.query_map(params![relay_id, first * 86_400], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })? {
+            let (day, checks, online) = r?;
+            let d = days.entry(day).or_default();
+            (d.day, d.checks, d.online) = (day, checks, online);
+        }
+        Ok(days.into_values().collect())
     }
 
-    /// Share of opening checks that succeeded since `since`, `None` without checks.
+    /// Share of the watched time the relay was up, from the day of `since` on (whole UTC days);
+    /// `None` when nothing was watched.
     pub fn uptime(&self, relay_id: u32, since: i64) -> Result<Option<f64>, StateError> {
-        let (n, ok): (i64, Option<i64>) = self.conn().query_row(
-            "SELECT count(*), sum(ok) FROM observation
-             WHERE relay_id = ?1 AND checked_at >= ?2 AND type IN ('open', 'nip66')",
-            params![relay_id, since],
+        let (up, total): (Option<i64>, Option<i64>) = self.conn().query_row(
+            "SELECT sum(up_secs), sum(up_secs + down_secs) FROM uptime_day
+             WHERE relay_id = ?1 AND day >= ?2",
+            params![relay_id, since.div_euclid(86_400)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok((n > 0).then(|| ok.unwrap_or(0) as f64 / n as f64))
+        Ok(match (up, total) {
+            (Some(u), Some(t)) if t > 0 => Some(u as f64 / t as f64),
+            _ => None,
+        })
     }
 
     /// Observations with `id > after`, oldest first, for the shipper.
+    /// At most `max` rows, and rows only until their documents add up to `max_bytes` (at
+    /// least one row is returned, whatever its size).
     pub fn observations_after(
         &self,
         after: i64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<Vec<ShipObservation>, StateError> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
@@ -571,7 +644,16 @@ impl State {
                 data: r.get(5)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for row in rows {
+            let row = row?;
+            bytes += row.data.len();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(row);
+        }
+        Ok(out)
     }
 
     /// Observations recorded so far and the newest id (for `status`).
@@ -596,6 +678,10 @@ impl State {
             "DELETE FROM observation WHERE checked_at < ?1 AND id <= ?2",
             params![before, keep_after.unwrap_or(i64::MAX)],
         )?;
+        tx.execute(
+            "DELETE FROM uptime_day WHERE day < ?1",
+            [before.div_euclid(86_400)],
+        )?;
         let docs = tx.execute(
             "DELETE FROM monitor_document WHERE
                 NOT EXISTS (SELECT 1 FROM observation o WHERE o.document_id = monitor_document.id)
@@ -606,6 +692,35 @@ impl State {
         tx.commit()?;
         Ok((obs, docs))
     }
+}
+
+/// Add `[from, to)` to the relay's up or down time, split at UTC midnights.
+fn credit_span(
+    tx: &rusqlite::Transaction<'_>,
+    relay_id: u32,
+    from: i64,
+    to: i64,
+    up: bool,
+) -> Result<(), StateError> {
+    let mut t = from;
+    while t < to {
+        let day = t.div_euclid(86_400);
+        let end = to.min((day + 1) * 86_400);
+        let secs = end - t;
+        tx.execute(
+            "INSERT INTO uptime_day (relay_id, day, up_secs, down_secs) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(relay_id, day) DO UPDATE SET up_secs = up_secs + ?3,
+                down_secs = down_secs + ?4",
+            params![
+                relay_id,
+                day,
+                if up { secs } else { 0 },
+                if up { 0 } else { secs }
+            ],
+        )?;
+        t = end;
+    }
+    Ok(())
 }
 
 /// Unix seconds now (the monitor's clock).
@@ -718,8 +833,9 @@ mod tests {
         );
         let due = st.due_checks(t + 100_000, 10, &none).unwrap();
         assert!(due[0].nip11_due && due[0].nip66_due);
-        // Uptime over the whole history: 2 of 8 opening checks succeeded.
-        assert_eq!(st.uptime(id, 0).unwrap(), Some(2.0 / 8.0));
+        // Time-weighted: up [0, 300), down from 300 to 1800 in five spans of 300 s, then down
+        // from 1800 until the next check, capped at twice the 4,800 s then scheduled.
+        assert_eq!(st.uptime(id, 0).unwrap(), Some(300.0 / 11_400.0));
     }
 
     #[test]
@@ -741,7 +857,9 @@ mod tests {
             .query_row("SELECT count(*) FROM monitor_document", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        let all = st.observations_after(0, 10).unwrap();
+        let all = st.observations_after(0, 10, usize::MAX).unwrap();
+        // A byte budget smaller than one document still returns one row.
+        assert_eq!(st.observations_after(0, 10, 1).unwrap().len(), 1);
         assert_eq!(all.len(), 3);
         // Nothing shipped yet: nothing older is deleted.
         assert_eq!(st.prune_history(86_400, Some(0)).unwrap(), (0, 0));
@@ -750,5 +868,59 @@ mod tests {
         assert_eq!(st.history(id, 0, i64::MAX, 10).unwrap().len(), 2);
         let days = st.daily_uptime(id, 0).unwrap();
         assert!(days.is_empty(), "nip11 checks are not opens: {days:?}");
+    }
+
+    #[test]
+    fn uptime_is_a_share_of_time_not_of_checks() {
+        let (_d, st, id) = setup();
+        // A day up, checked every 5 minutes (289 checks) ...
+        let mut t = 0;
+        while t <= 86_400 {
+            st.record_check(id, CheckKind::Open, t, &open(true, 3), &SCHED)
+                .unwrap();
+            t += 300;
+        }
+        // ... then a day down, checked on the backoff schedule (a handful of checks).
+        let mut failures = 0;
+        loop {
+            let h = st.health_of("ws://127.0.0.1:7777").unwrap().unwrap().1;
+            t = h.next_open_at.unwrap();
+            if t >= 2 * 86_400 {
+                break;
+            }
+            st.record_check(id, CheckKind::Open, t, &open(false, 0), &SCHED)
+                .unwrap();
+            failures += 1;
+        }
+        st.record_check(id, CheckKind::Open, 2 * 86_400, &open(true, 3), &SCHED)
+            .unwrap();
+        assert!(
+            failures < 15,
+            "backoff keeps a dead relay cheap: {failures} checks"
+        );
+        let u = st.uptime(id, 0).unwrap().unwrap();
+        assert!((u - 0.5).abs() < 0.02, "half the time up: {u}");
+        let days = st.daily_uptime(id, 0).unwrap();
+        assert_eq!(days.len(), 3, "{days:?}");
+        assert_eq!(days[0].uptime(), Some(1.0), "{days:?}");
+        assert!(days[1].uptime().unwrap() < 0.01, "{days:?}");
+        assert_eq!(days[0].checks, 288);
+    }
+
+    #[test]
+    fn ids_are_not_reused_after_pruning_everything() {
+        let (_d, st, id) = setup();
+        for t in [10, 20] {
+            st.record_check(id, CheckKind::Open, t, &open(true, 1), &SCHED)
+                .unwrap();
+        }
+        let shipped = st.observations_after(0, 10, usize::MAX).unwrap();
+        let watermark = shipped.last().unwrap().id;
+        assert_eq!(st.prune_history(1000, Some(watermark)).unwrap().0, 2);
+        st.record_check(id, CheckKind::Open, 2000, &open(true, 1), &SCHED)
+            .unwrap();
+        let next = st.observations_after(watermark, 10, usize::MAX).unwrap();
+        assert_eq!(next.len(), 1, "the new row is after the watermark");
+        assert!(next[0].id > watermark);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod hostile;
+pub mod mmdb;
 pub mod pg;
 pub mod raw_event;
 

@@ -17,18 +17,30 @@ pub struct Facts {
     pub dns: Option<Dns>,
     /// The certificate a wss relay presented (see [`super::tls`]); `None` for ws and overlays.
     pub tls: Option<super::tls::TlsFacts>,
+    /// Country, city, geohash, ASN of the first resolved address the configured MaxMind files
+    /// know; `None` without such files.
+    pub geo: Option<super::geo::Geo>,
 }
 
-/// DNS, then (for wss) the TLS probe; every step bounded by `timeout`.
+/// DNS (and geo from its addresses), then (for wss) the TLS probe; every step bounded by
+/// `timeout` and by what is left until `until`.
 pub async fn gather(
     dialer: &crate::net::dialer::Dialer,
+    geo: &super::geo::GeoDb,
     url: &RelayUrl,
     timeout: Duration,
+    until: Instant,
 ) -> Facts {
+    let step = || timeout.min(until.saturating_duration_since(Instant::now()));
     let mut f = Facts::network_only(url);
-    f.dns = dns(url, timeout).await;
+    f.dns = dns(url, step()).await;
+    if let Some(d) = &f.dns {
+        let ips: Vec<std::net::IpAddr> =
+            d.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        f.geo = geo.lookup(&ips);
+    }
     if dialer.has_route(url.network()) {
-        f.tls = super::tls::probe(dialer, url, timeout).await;
+        f.tls = super::tls::probe(dialer, url, step()).await;
     }
     f
 }
@@ -49,6 +61,7 @@ impl Facts {
             network: url.network().as_str().to_string(),
             dns: None,
             tls: None,
+            geo: None,
         }
     }
 }

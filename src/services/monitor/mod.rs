@@ -14,6 +14,7 @@
 //! trickling NOTICEs, still cannot hold a slot).
 
 pub mod facts;
+pub mod geo;
 pub mod publish;
 pub mod rtt;
 pub mod tls;
@@ -49,6 +50,8 @@ pub struct MonitorContext {
     pub publisher: Option<Publisher>,
     /// An upstream archive is configured: history the shipper has not sent is never pruned.
     pub upstream: bool,
+    /// Operator-supplied MaxMind-format databases (possibly none).
+    pub geo: geo::GeoDb,
 }
 
 impl MonitorContext {
@@ -107,15 +110,12 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
         Ok(u) => u,
         Err(e) => {
             // The policy changed since the relay was registered (e.g. allow_local turned off).
-            let msg = format!("refused by the address policy: {e}");
-            let out = CheckOutcome {
-                error: Some(msg.clone()),
-                document: json!({ "error": msg }),
-                ..Default::default()
-            };
-            record_at(ctx, due.id, CheckKind::Open, unix_now(), &out, &sched);
+            let msg = format!("refused by the address policy: {e}; not checked");
+            let _ =
+                ctx.state
+                    .mark_skipped(due.id, "refused", unix_now(), sched.max_backoff_secs, &msg);
+            report.status = "skipped".into();
             report.error = Some(msg);
-            report.status = status_of(ctx, &due.url);
             return report;
         }
     };
@@ -125,9 +125,9 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
             "no route to the {} network is configured; not checked",
             url.network().as_str()
         );
-        let _ = ctx
-            .state
-            .mark_unroutable(due.id, unix_now(), sched.max_backoff_secs, &msg);
+        let _ =
+            ctx.state
+                .mark_skipped(due.id, "no_route", unix_now(), sched.max_backoff_secs, &msg);
         report.status = "skipped".into();
         report.error = Some(msg);
         return report;
@@ -154,7 +154,7 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
                     ok: true,
                     software: info.software.clone(),
                     version: info.version.clone(),
-                    document: info.raw.clone(),
+                    document: bounded_document(&info),
                     ..Default::default()
                 };
                 nip11_info = Some(info);
@@ -177,27 +177,22 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
     if all || due.nip66_due {
         let at = unix_now();
         let keys = ctx.cfg.write_test.then_some(&ctx.keys);
-        let checks = async {
-            let facts = facts::gather(&ctx.dialer, &url, step).await;
-            let rtt = rtt::round_trips(&ctx.dialer, &url, keys, ctx.max_message_bytes, step).await;
-            (rtt, facts)
-        };
-        let (rtt, facts) = tokio::time::timeout(deadline, checks)
-            .await
-            .unwrap_or_else(|_| {
-                let mut r = RttReport {
-                    url: url.to_string(),
-                    ..Default::default()
-                };
-                r.errors
-                    .push(format!("check: not done within {} s", deadline.as_secs()));
-                (r, facts::Facts::network_only(&url))
-            });
+        // One deadline for the whole check: every step gets at most what is left of it, and
+        // what earlier steps found is kept when a later one runs out of time.
+        let until = Instant::now() + deadline;
+        let facts = facts::gather(&ctx.dialer, &ctx.geo, &url, step, until).await;
+        let rtt =
+            rtt::round_trips(&ctx.dialer, &url, keys, ctx.max_message_bytes, step, until).await;
         let out = nip66_outcome(&rtt, &facts);
         record_at(ctx, due.id, CheckKind::Nip66, at, &out, &sched);
-        if let (Some(p), true) = (&ctx.publisher, rtt.open_ms.is_some()) {
+        let publishable = ctx
+            .publisher
+            .as_ref()
+            .filter(|p| rtt.open_ms.is_some() && p.may_publish(&url));
+        if let Some(p) = publishable {
             let info = nip11_info.clone().or_else(|| latest_nip11(ctx, &due.url));
-            match publish::discovery_event(&ctx.keys, &url, &rtt, info.as_ref()) {
+            let geohash = facts.geo.as_ref().and_then(|g| g.geohash.as_deref());
+            match publish::discovery_event(&ctx.keys, &url, &rtt, info.as_ref(), geohash) {
                 Ok(ev) => p.send(ev),
                 Err(e) => tracing::warn!(relay = %url, error = %e, "cannot sign kind 30166"),
             }
@@ -208,7 +203,7 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
         let at = unix_now();
         let t = Instant::now();
         let opened = tokio::time::timeout(
-            deadline,
+            step,
             WsConnection::connect(&ctx.dialer, &url, ctx.max_message_bytes),
         )
         .await;
@@ -224,7 +219,7 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
                 }
             }
             Ok(Err(e)) => failed_open(e.to_string()),
-            Err(_) => failed_open(format!("open: not done within {} s", deadline.as_secs())),
+            Err(_) => failed_open(format!("open: not done within {} s", step.as_secs())),
         };
         report.error = out.error.clone();
         record_at(ctx, due.id, CheckKind::Open, at, &out, &sched);
@@ -262,9 +257,33 @@ fn nip66_outcome(rtt: &RttReport, facts: &facts::Facts) -> CheckOutcome {
             "network": facts.network,
             "dns": facts.dns,
             "tls": facts.tls,
+            "geo": facts.geo,
         }),
         ..Default::default()
     }
+}
+
+/// Largest NIP-11 document kept as is in the history (and published as 30166 content). A relay
+/// could otherwise make every hourly fetch store (and ship) a fresh 1 MiB document.
+pub const MAX_KEPT_NIP11_BYTES: usize = 64 * 1024;
+
+/// The document as served if it is at most [`MAX_KEPT_NIP11_BYTES`], else a summary of its
+/// typed fields marked `"truncated": true`.
+fn bounded_document(info: &RelayInfo) -> Value {
+    let size = info.raw.to_string().len();
+    if size <= MAX_KEPT_NIP11_BYTES {
+        return info.raw.clone();
+    }
+    let cap = |s: &Option<String>| s.as_ref().map(|s| s.chars().take(1000).collect::<String>());
+    json!({
+        "truncated": true,
+        "bytes": size,
+        "name": cap(&info.name),
+        "software": cap(&info.software),
+        "version": cap(&info.version),
+        "supported_nips": info.supported_nips.iter().take(publish::MAX_NIP_TAGS).collect::<Vec<_>>(),
+        "limitation": info.limitation,
+    })
 }
 
 fn nip11_summary(info: &RelayInfo) -> Value {
@@ -364,13 +383,16 @@ pub async fn sweep(ctx: Arc<MonitorContext>) -> (MonitorStats, Vec<RelayReport>)
         }
     }
     stats.state = "done".into();
-    save(&ctx, &stats);
+    // Its own key: a one-off sweep must not overwrite the running service's counters.
+    if let Ok(v) = serde_json::to_string(&stats) {
+        let _ = ctx.state.set_state("monitor", "sweep", &v);
+    }
     (stats, reports)
 }
 
 /// The service: hand out due checks until shutdown, keep history pruned, announce (10166).
 pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
-    let _ = ctx.state.clear_unroutable();
+    let _ = ctx.state.clear_skipped();
     let mut stats: MonitorStats = ctx
         .state
         .get_state("monitor", "stats")
@@ -392,7 +414,7 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
         }
         if let Some(p) = &ctx.publisher {
             if last_announce.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {
-                match publish::announcement_event(&ctx.keys, &ctx.cfg) {
+                match publish::announcement_event(&ctx.keys, &ctx.cfg, ctx.geo.is_configured()) {
                     Ok(ev) => p.send(ev),
                     Err(e) => tracing::warn!(error = %e, "cannot sign kind 10166"),
                 }
@@ -442,10 +464,22 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
             _ = ctx.shutdown.sleep(Duration::from_secs(1)) => {}
         }
     }
-    // Finish the checks in flight (each is bounded by its deadline).
-    while let Some(r) = set.join_next().await {
-        if let Ok(r) = r {
-            tally(&mut stats, &r);
+    // Let the checks in flight finish for a moment, then stop them: a check that never
+    // recorded simply runs again after the restart.
+    let grace = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(Ok(r)) => tally(&mut stats, &r),
+                Some(Err(_)) => {}
+                None => break,
+            },
+            _ = &mut grace => {
+                set.abort_all();
+                while set.join_next().await.is_some() {}
+                break;
+            }
         }
     }
     stats.state = "stopped".into();

@@ -26,13 +26,22 @@ use crate::protocol::url::RelayUrl;
 
 pub const KIND_RELAY_DISCOVERY: u16 = 30166;
 pub const KIND_MONITOR_ANNOUNCEMENT: u16 = 10166;
+/// Most `N` tags in one 30166 (a relay's NIP-11 may list any number of NIPs).
+pub const MAX_NIP_TAGS: usize = 200;
+/// Events waiting to be published; beyond this they are dropped (and counted).
+const QUEUE: usize = 256;
 
 fn tag(parts: &[&str]) -> Option<Tag> {
     Tag::parse(parts.iter().map(|s| s.to_string()).collect::<Vec<_>>()).ok()
 }
 
 /// The NIP-66 tags for one relay from one NIP-66 check (and its latest NIP-11 document).
-pub fn discovery_tags(url: &RelayUrl, rtt: &RttReport, nip11: Option<&RelayInfo>) -> Vec<Tag> {
+pub fn discovery_tags(
+    url: &RelayUrl,
+    rtt: &RttReport,
+    nip11: Option<&RelayInfo>,
+    geohash: Option<&str>,
+) -> Vec<Tag> {
     let mut tags: Vec<Tag> = Vec::new();
     let mut push = |parts: &[&str]| {
         if let Some(t) = tag(parts) {
@@ -51,7 +60,8 @@ pub fn discovery_tags(url: &RelayUrl, rtt: &RttReport, nip11: Option<&RelayInfo>
         }
     }
     let lim = nip11.map(|i| &i.limitation);
-    for nip in nip11.map(|i| i.supported_nips.as_slice()).unwrap_or(&[]) {
+    let nips = nip11.map(|i| i.supported_nips.as_slice()).unwrap_or(&[]);
+    for nip in nips.iter().take(MAX_NIP_TAGS) {
         push(&["N", &nip.to_string()]);
     }
     let answered =
@@ -94,6 +104,9 @@ pub fn discovery_tags(url: &RelayUrl, rtt: &RttReport, nip11: Option<&RelayInfo>
             push(&["R", &format!("!{name}")]);
         }
     }
+    if let Some(g) = geohash {
+        push(&["g", g]);
+    }
     tags
 }
 
@@ -103,16 +116,21 @@ pub fn discovery_event(
     url: &RelayUrl,
     rtt: &RttReport,
     nip11: Option<&RelayInfo>,
+    geohash: Option<&str>,
 ) -> Result<Event, String> {
-    let content = nip11.map(|i| i.raw.to_string()).unwrap_or_default();
+    // The NIP-11 document as content, unless it is larger than what the history keeps.
+    let content = nip11
+        .map(|i| i.raw.to_string())
+        .filter(|c| c.len() <= super::MAX_KEPT_NIP11_BYTES)
+        .unwrap_or_default();
     EventBuilder::new(Kind::from(KIND_RELAY_DISCOVERY), content)
-        .tags(discovery_tags(url, rtt, nip11))
+        .tags(discovery_tags(url, rtt, nip11, geohash))
         .sign_with_keys(keys)
         .map_err(|e| e.to_string())
 }
 
 /// A signed kind 10166: how often this monitor publishes, its timeouts and its checks.
-pub fn announcement_event(keys: &Keys, cfg: &MonitorConfig) -> Result<Event, String> {
+pub fn announcement_event(keys: &Keys, cfg: &MonitorConfig, geo: bool) -> Result<Event, String> {
     let ms = (cfg.check_timeout_secs * 1000).to_string();
     let mut tags = vec![tag(&["frequency", &cfg.nip66_interval_secs.to_string()])];
     let mut checks = vec!["open", "read"];
@@ -120,6 +138,9 @@ pub fn announcement_event(keys: &Keys, cfg: &MonitorConfig) -> Result<Event, Str
         checks.push("write");
     }
     checks.extend(["nip11", "dns", "ssl"]);
+    if geo {
+        checks.push("geo");
+    }
     // NIP-66's example writes ["timeout", <check>, <ms>]; its prose numbers the indexes the
     // other way round. We follow the example (what clients parse), one per check.
     for c in ["open", "read", "write", "nip11"] {
@@ -150,6 +171,7 @@ pub struct PublishStats {
 pub struct Publisher {
     tx: mpsc::Sender<Event>,
     pub stats: Arc<PublishStats>,
+    local_targets: bool,
 }
 
 impl Publisher {
@@ -161,8 +183,14 @@ impl Publisher {
         max_message_bytes: usize,
         timeout: Duration,
     ) -> (Publisher, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(PublishStats::default());
+        // Relays the default address policy refuses (loopback, LAN) are published only to
+        // targets that are themselves local: a private deployment's relay URLs stay private.
+        let public = |u: &RelayUrl| {
+            crate::protocol::url::parse_relay_url(u.as_str(), &Default::default()).is_ok()
+        };
+        let local_targets = !targets.iter().any(public);
         let handle = tokio::spawn(publish_loop(
             dialer,
             targets,
@@ -171,7 +199,21 @@ impl Publisher {
             rx,
             stats.clone(),
         ));
-        (Publisher { tx, stats }, handle)
+        (
+            Publisher {
+                tx,
+                stats,
+                local_targets,
+            },
+            handle,
+        )
+    }
+
+    /// Whether a 30166 about `url` may be published: public relays always; loopback/private
+    /// ones only when every target is local too.
+    pub fn may_publish(&self, url: &RelayUrl) -> bool {
+        self.local_targets
+            || crate::protocol::url::parse_relay_url(url.as_str(), &Default::default()).is_ok()
     }
 
     /// Queue an event; never waits (a full queue drops it and counts it).
@@ -182,6 +224,14 @@ impl Publisher {
     }
 }
 
+/// One target relay: its connection, and while unreachable, when to try it again.
+struct Target {
+    url: RelayUrl,
+    conn: Option<WsConnection>,
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
 async fn publish_loop(
     dialer: Dialer,
     targets: Vec<RelayUrl>,
@@ -190,42 +240,76 @@ async fn publish_loop(
     mut rx: mpsc::Receiver<Event>,
     stats: Arc<PublishStats>,
 ) {
-    let mut conns: Vec<Option<WsConnection>> = targets.iter().map(|_| None).collect();
+    let mut targets: Vec<Target> = targets
+        .into_iter()
+        .map(|url| Target {
+            url,
+            conn: None,
+            retry_at: None,
+            backoff: Duration::from_secs(30),
+        })
+        .collect();
     while let Some(ev) = rx.recv().await {
         let json = ev.as_json();
         let id = ev.id.to_hex();
-        for (url, conn) in targets.iter().zip(conns.iter_mut()) {
-            if conn.is_none() {
-                match WsConnection::connect(&dialer, url, max_message_bytes).await {
-                    Ok(ws) => *conn = Some(ws),
+        for t in targets.iter_mut() {
+            // An unreachable target is skipped until its backoff ends (the queue keeps moving).
+            if t.retry_at
+                .is_some_and(|at| tokio::time::Instant::now() < at)
+            {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // A kept connection may have been closed by the relay while idle: on failure,
+            // reconnect and try once more before giving up on this event.
+            let mut sent = false;
+            for attempt in 0..2 {
+                if t.conn.is_none() {
+                    match WsConnection::connect(&dialer, &t.url, max_message_bytes).await {
+                        Ok(ws) => t.conn = Some(ws),
+                        Err(e) => {
+                            tracing::warn!(relay = %t.url, error = %e, retry_in_secs = t.backoff.as_secs(),
+                                "cannot publish: relay unreachable");
+                            t.retry_at = Some(tokio::time::Instant::now() + t.backoff);
+                            t.backoff = (t.backoff * 2).min(Duration::from_secs(3600));
+                            break;
+                        }
+                    }
+                }
+                let Some(ws) = t.conn.as_mut() else { break };
+                match super::rtt::publish(ws, json.clone(), &id, timeout).await {
+                    Ok((accepted, reason)) => {
+                        t.retry_at = None;
+                        t.backoff = Duration::from_secs(30);
+                        if accepted {
+                            stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            tracing::warn!(relay = %t.url, kind = ev.kind.as_u16(), reason = %reason,
+                                "published event refused");
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sent = true;
+                        break;
+                    }
                     Err(e) => {
-                        tracing::warn!(relay = %url, error = %e, "cannot publish: relay unreachable");
-                        stats.failed.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                        if let Some(ws) = t.conn.take() {
+                            ws.close().await;
+                        }
+                        if attempt == 1 {
+                            tracing::warn!(relay = %t.url, error = %e, "publishing failed");
+                        }
                     }
                 }
             }
-            let Some(ws) = conn.as_mut() else { continue };
-            match super::rtt::publish(ws, json.clone(), &id, timeout).await {
-                Ok((true, _)) => {
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok((false, reason)) => {
-                    tracing::warn!(relay = %url, kind = ev.kind.as_u16(), reason = %reason, "published event refused");
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::warn!(relay = %url, error = %e, "publishing failed; reconnecting next time");
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    if let Some(ws) = conn.take() {
-                        ws.close().await;
-                    }
-                }
+            if !sent {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-    for ws in conns.into_iter().flatten() {
-        ws.close().await;
+    for t in targets {
+        if let Some(ws) = t.conn {
+            ws.close().await;
+        }
     }
 }
 
@@ -253,7 +337,7 @@ mod tests {
             write_policy: Some("auth-required".into()),
             ..Default::default()
         };
-        let ev = discovery_event(&keys, &url, &rtt, Some(&info)).unwrap();
+        let ev = discovery_event(&keys, &url, &rtt, Some(&info), Some("u33dc0")).unwrap();
         ev.verify().unwrap();
         assert_eq!(ev.kind.as_u16(), 30166);
         let tags = tags_of(&ev);
@@ -266,6 +350,7 @@ mod tests {
         // Observed auth-required beats the advertised auth_required: false.
         assert!(has(&["R", "auth"]) && !has(&["R", "!auth"]));
         assert!(has(&["R", "payment"]));
+        assert!(has(&["g", "u33dc0"]));
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&ev.content).unwrap()["supported_nips"][2],
             42
@@ -282,7 +367,11 @@ mod tests {
             write_ms: Some(1),
             ..Default::default()
         };
-        let tags = tags_of(&discovery_event(&keys, &url, &rtt, None).unwrap());
+        let tags = tags_of(&discovery_event(&keys, &url, &rtt, None, None).unwrap());
+        assert!(
+            !tags.iter().any(|t| t[0] == "g"),
+            "no geo without a database"
+        );
         for r in ["!auth", "!payment", "!writes", "!pow"] {
             assert!(tags.iter().any(|t| t == &["R", r]), "{r} missing: {tags:?}");
         }
@@ -293,7 +382,7 @@ mod tests {
     fn announcement_lists_frequency_timeouts_and_checks() {
         let keys = Keys::generate();
         let cfg = MonitorConfig::default();
-        let ev = announcement_event(&keys, &cfg).unwrap();
+        let ev = announcement_event(&keys, &cfg, false).unwrap();
         ev.verify().unwrap();
         assert_eq!(ev.kind.as_u16(), 10166);
         let tags = tags_of(&ev);
@@ -302,5 +391,8 @@ mod tests {
         for c in ["open", "read", "write", "nip11", "dns", "ssl"] {
             assert!(tags.iter().any(|t| t == &["c", c]), "{c}");
         }
+        assert!(!tags.iter().any(|t| t == &["c", "geo"]));
+        let with_geo = announcement_event(&keys, &cfg, true).unwrap();
+        assert!(with_geo.tags.iter().any(|t| t.as_slice() == ["c", "geo"]));
     }
 }

@@ -38,23 +38,40 @@ pub struct RttReport {
     pub errors: Vec<String>,
 }
 
-/// Run open, read and write against `url`; each step is bounded by `timeout`.
+/// Run open, read and write against `url`. Each step is bounded by `timeout` and by what is
+/// left until `deadline` (the whole check's bound); a step cut short by the deadline is an
+/// error of that step, and what the earlier steps found is kept.
 pub async fn round_trips(
     dialer: &Dialer,
     url: &RelayUrl,
     keys: Option<&Keys>,
     max_message_bytes: usize,
     timeout: Duration,
+    deadline: Instant,
 ) -> RttReport {
     let mut r = RttReport {
         url: url.to_string(),
         ..Default::default()
     };
+    let step = || timeout.min(deadline.saturating_duration_since(Instant::now()));
     let t = Instant::now();
-    let mut ws = match WsConnection::connect(dialer, url, max_message_bytes).await {
-        Ok(ws) => ws,
-        Err(e) => {
+    let open_limit = step();
+    let opened = tokio::time::timeout(
+        open_limit,
+        WsConnection::connect(dialer, url, max_message_bytes),
+    )
+    .await;
+    let mut ws = match opened {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
             r.errors.push(format!("open: {e}"));
+            return r;
+        }
+        Err(_) => {
+            r.errors.push(format!(
+                "open: not done within {} ms",
+                open_limit.as_millis()
+            ));
             return r;
         }
     };
@@ -65,7 +82,7 @@ pub async fn round_trips(
         limit: Some(1),
         ..Default::default()
     };
-    match request(&mut ws, "rtt-read", read, None, timeout).await {
+    match request(&mut ws, "rtt-read", read, None, step()).await {
         Ok(Answer::Served(_, at)) => r.read_ms = Some(at.duration_since(t).as_millis() as u64),
         Ok(Answer::Closed(reason)) => r.read_policy = Some(policy(&reason)),
         Err(e) => r.errors.push(format!("read: {e}")),
@@ -90,14 +107,14 @@ pub async fn round_trips(
     };
     let id = event.id.to_hex();
     let t = Instant::now();
-    match publish(&mut ws, event.as_json(), &id, timeout).await {
+    match publish(&mut ws, event.as_json(), &id, step()).await {
         Ok((true, _)) => {
             r.write_ms = Some(ms(t));
             let back = Filter {
                 ids: vec![id.clone()],
                 ..Default::default()
             };
-            match request(&mut ws, "rtt-back", back, Some(&id), timeout).await {
+            match request(&mut ws, "rtt-back", back, Some(&id), step()).await {
                 Ok(Answer::Served(n, _)) => r.write_read_back = Some(n > 0),
                 Ok(Answer::Closed(reason)) => {
                     r.write_read_back = Some(false);
@@ -150,15 +167,25 @@ async fn request(
     .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
     let mut events = 0;
+    // The read round trip ends at the first EVENT or at EOSE, whichever comes first.
+    let mut first: Option<Instant> = None;
+    let no_eose = || format!("no EOSE within {} ms", timeout.as_millis());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!("no EOSE within {} s", timeout.as_secs()));
-        }
-        let text = ws.recv(left).await.map_err(|e| match e {
-            WsError::Timeout(_) => format!("no EOSE within {} s", timeout.as_secs()),
-            e => e.to_string(),
-        })?;
+        let got = if left.is_zero() {
+            Err(no_eose())
+        } else {
+            ws.recv(left).await.map_err(|e| match e {
+                WsError::Timeout(_) => no_eose(),
+                e => e.to_string(),
+            })
+        };
+        let text = match (got, first) {
+            (Ok(t), _) => t,
+            // Events came but EOSE did not: the relay did answer.
+            (Err(_), Some(at)) if events > 0 => return Ok(Answer::Served(events, at)),
+            (Err(e), _) => return Err(e),
+        };
         match parse_relay_message(&text) {
             Ok(RelayMessage::Event { sub: s, event }) if s == sub => {
                 #[derive(serde::Deserialize)]
@@ -173,9 +200,12 @@ async fn request(
                     }
                 };
                 events += u64::from(matches);
+                if matches && first.is_none() {
+                    first = Some(Instant::now());
+                }
             }
             Ok(RelayMessage::Eose { sub: s }) if s == sub => {
-                let at = Instant::now();
+                let at = first.unwrap_or_else(Instant::now);
                 let _ = ws
                     .send(&ClientMessage::Close {
                         sub: sub.to_string(),
