@@ -51,6 +51,23 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// What the sweep recorded: relays online, with a read RTT, with a write RTT, with NIP-11.
+fn recorded(state: &std::path::Path) -> (i64, i64, i64, i64) {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(
+        state,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return (0, 0, 0, 0);
+    };
+    conn.query_row(
+        "SELECT sum(status = 'online'), count(read_ms), count(write_ms), count(nip11_at)
+         FROM relay_health",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .unwrap_or((0, 0, 0, 0))
+}
+
 /// Relays with both their NIP-11 and NIP-66 check recorded.
 fn checked(state: &std::path::Path) -> usize {
     let Ok(conn) = rusqlite::Connection::open_with_flags(
@@ -133,6 +150,8 @@ async fn sweep_once(urls: &[String]) -> (Duration, u64, usize) {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
+    let (online, read, write, nip11) = recorded(&state);
+    println!("    recorded: {online} online, {read} with read RTT, {write} with write RTT, {nip11} with a NIP-11 document");
     (wall, hwm, done)
 }
 

@@ -728,3 +728,78 @@ async fn geo_and_asn_come_from_local_maxmind_files() {
         "{err}"
     );
 }
+
+/// The service (`bigbrotr monitor`, as inside `run`): checks fall due on their schedules, a dead
+/// relay backs off while a live one keeps being checked, the monitor announces itself and
+/// publishes, and SIGTERM stops it promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_schedules_backs_off_and_publishes() {
+    let live = local_relay(&[], RelayOpts::default()).await;
+    let target = local_relay(&[], RelayOpts::default()).await;
+    let dead = "ws://127.0.0.1:1";
+    let node = Node::new(&format!(
+        "[monitor]\ncheck_timeout_secs = 2\nopen_interval_secs = 1\nfailure_threshold = 2\nmax_backoff_secs = 8\npublish = true\npublish_relays = [\"{}\"]\n",
+        target.url
+    ));
+    for url in [live.url.as_str(), dead] {
+        assert!(node.run(&["relays", "add", url]).status.success());
+    }
+    let mut child = node.cmd().arg("monitor").spawn().expect("spawn");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let t = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "stops promptly");
+    let count = |url: &str| {
+        rusqlite_count(
+            &node,
+            &format!(
+                "SELECT count(*) FROM observation o JOIN relay r ON r.id = o.relay_id
+                 WHERE r.url = '{url}' AND o.type IN ('open', 'nip66')"
+            ),
+        )
+    };
+    let (n_live, n_dead) = (count(&live.url), count(dead));
+    // Live: every second for ~8 s. Dead: offline after 2 failures, then 2, 4, 8 s apart.
+    assert!(n_live >= 5, "live relay checked on schedule: {n_live}");
+    assert!(
+        (2..=5).contains(&n_dead) && n_dead < n_live,
+        "dead relay backed off: {n_dead} checks vs {n_live}"
+    );
+    let list = json_of(&node.run(&["relays", "list", "--json"]));
+    let status: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["url"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(status.contains(&(live.url.clone(), "online".into())), "{status:?}");
+    assert!(status.contains(&(dead.to_string(), "offline".into())), "{status:?}");
+    let published = |kind: u16| {
+        let db = target.db.clone();
+        async move {
+            db.query(nostr::Filter::new().kind(nostr::Kind::from(kind)))
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(published(10166).await, 1, "announced once");
+    // One NIP-66 check of the live relay (the next is an hour away); the dead one never opened.
+    assert_eq!(published(30166).await, 1);
+    let checked = rusqlite_count(
+        &node,
+        "SELECT json_extract(value, '$.relays_checked') FROM service_state
+         WHERE service = 'monitor' AND key = 'stats'",
+    );
+    assert!(checked >= n_live, "service counters saved at stop: {checked}");
+}
