@@ -53,10 +53,9 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 /// What the sweep recorded: relays online, with a read RTT, with a write RTT, with NIP-11.
 fn recorded(state: &std::path::Path) -> (i64, i64, i64, i64) {
-    let Ok(conn) = rusqlite::Connection::open_with_flags(
-        state,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
         return (0, 0, 0, 0);
     };
     conn.query_row(

@@ -782,8 +782,14 @@ async fn the_service_schedules_backs_off_and_publishes() {
             )
         })
         .collect();
-    assert!(status.contains(&(live.url.clone(), "online".into())), "{status:?}");
-    assert!(status.contains(&(dead.to_string(), "offline".into())), "{status:?}");
+    assert!(
+        status.contains(&(live.url.clone(), "online".into())),
+        "{status:?}"
+    );
+    assert!(
+        status.contains(&(dead.to_string(), "offline".into())),
+        "{status:?}"
+    );
     let published = |kind: u16| {
         let db = target.db.clone();
         async move {
@@ -801,5 +807,8 @@ async fn the_service_schedules_backs_off_and_publishes() {
         "SELECT json_extract(value, '$.relays_checked') FROM service_state
          WHERE service = 'monitor' AND key = 'stats'",
     );
-    assert!(checked >= n_live, "service counters saved at stop: {checked}");
+    assert!(
+        checked >= n_live,
+        "service counters saved at stop: {checked}"
+    );
 }
