@@ -172,6 +172,18 @@ async fn http_server(
                         return;
                     }
                     "/bad" => hostile("200 OK", "Content-Length: 9\r\n", "{not json"),
+                    // Valid, under the 1 MiB fetch cap, over the 64 KiB the history keeps.
+                    "/large" => {
+                        let body = format!(
+                            r#"{{"name":"large","description":"{}","supported_nips":[1,11]}}"#,
+                            "x".repeat(100_000)
+                        );
+                        hostile(
+                            "200 OK",
+                            &format!("Content-Length: {}\r\n", body.len()),
+                            &body,
+                        )
+                    }
                     "/types" => {
                         let body = r#"{"name":["x"],"supported_nips":"all","limitation":{"max_limit":"40"}}"#;
                         hostile(
@@ -286,16 +298,51 @@ async fn hostile_nip11_documents_are_recorded_within_the_timeout() {
         ("hang", "within"),
         ("bad", "invalid NIP-11 document"),
     ] {
-        let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
+        let node = std::sync::Arc::new(Node::new("[monitor]\ncheck_timeout_secs = 2\n"));
         let url = format!("ws://127.0.0.1:{port}/{path}");
         let t = Instant::now();
-        let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+        let (n2, u2) = (node.clone(), url.clone());
+        let (_, v) = tokio::task::spawn_blocking(move || monitor(&n2, &u2))
             .await
             .unwrap();
         assert!(t.elapsed() < Duration::from_secs(20), "{path}: bounded");
         let err = v["nip11_error"].as_str().unwrap_or_default();
         assert!(!err.is_empty() && err.contains(want), "{path}: {v}");
+        // A recorded fact: the failure is in the relay's history, nothing else was stored.
+        let show = json_of(&node.run(&["relays", "show", &url, "--json"]));
+        let recorded = show["health"]["nip11_error"].as_str().unwrap_or_default();
+        assert!(recorded.contains(want), "{path}: {show}");
+        assert!(show["nip11"].is_null(), "{path}: no document kept: {show}");
+        let kinds: Vec<&str> = show["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["type"].as_str().unwrap())
+            .collect();
+        assert!(
+            kinds.contains(&"nip11") && kinds.contains(&"nip66"),
+            "{kinds:?}"
+        );
     }
+    // A large but valid document: parsed, but the history keeps a summary, not 100 KB per fetch.
+    let node = Node::new("");
+    let url = format!("ws://127.0.0.1:{port}/large");
+    let node = tokio::task::spawn_blocking(move || {
+        let (_, v) = monitor(&node, &url);
+        assert_eq!(v["nip11"]["name"], "large", "{v}");
+        let show = json_of(&node.run(&["relays", "show", &url, "--json"]));
+        assert_eq!(show["nip11"]["truncated"], true, "{show}");
+        assert_eq!(show["nip11"]["name"], "large");
+        assert!(show["nip11"]["bytes"].as_u64().unwrap() > 100_000);
+        assert!(
+            show.to_string().len() < 20_000,
+            "no 100 KB description kept"
+        );
+        node
+    })
+    .await
+    .unwrap();
+    drop(node);
     // Wrong field types: lenient parsing keeps what it can (max_limit served as a string).
     let node = Node::new("");
     let url = format!("ws://127.0.0.1:{port}/types");
