@@ -118,6 +118,13 @@ pub struct NetworkConfig {
     pub max_tags: usize,
     /// Largest total of tag values per event, bytes (default: 256 KiB).
     pub max_tag_bytes: usize,
+    /// SOCKS5 proxy (`IP:port`) for `.onion` relays, e.g. an external tor's SocksPort
+    /// `127.0.0.1:9050`. Unset: onion relays are skipped (never resolved or dialed directly).
+    pub tor_proxy: Option<String>,
+    /// SOCKS5 proxy for `.i2p` relays (e.g. i2pd's `127.0.0.1:4447`). Unset: skipped.
+    pub i2p_proxy: Option<String>,
+    /// SOCKS5 proxy for `.loki` relays (Lokinet). Unset: skipped.
+    pub loki_proxy: Option<String>,
 }
 
 impl Default for NetworkConfig {
@@ -131,11 +138,24 @@ impl Default for NetworkConfig {
             max_content_bytes: limits.max_content_bytes,
             max_tags: limits.max_tags,
             max_tag_bytes: limits.max_tag_bytes,
+            tor_proxy: None,
+            i2p_proxy: None,
+            loki_proxy: None,
         }
     }
 }
 
 impl NetworkConfig {
+    /// The overlay routes (validated at load: each is an `IP:port`).
+    pub fn routes(&self) -> crate::net::dialer::Routes {
+        let parse = |p: &Option<String>| p.as_deref().and_then(|s| s.trim().parse().ok());
+        crate::net::dialer::Routes {
+            tor: parse(&self.tor_proxy),
+            i2p: parse(&self.i2p_proxy),
+            loki: parse(&self.loki_proxy),
+        }
+    }
+
     pub fn url_policy(&self) -> UrlPolicy {
         UrlPolicy {
             allow_local: self.allow_local,
@@ -589,6 +609,20 @@ impl Config {
         for r in &self.monitor.publish_relays {
             if let Err(e) = crate::protocol::url::parse_relay_url(r, &self.network.url_policy()) {
                 return Err(bad("monitor.publish_relays", &format!("{r:?}: {e}")));
+            }
+        }
+        for (key, proxy) in [
+            ("network.tor_proxy", &self.network.tor_proxy),
+            ("network.i2p_proxy", &self.network.i2p_proxy),
+            ("network.loki_proxy", &self.network.loki_proxy),
+        ] {
+            if let Some(p) = proxy {
+                if p.trim().parse::<std::net::SocketAddr>().is_err() {
+                    return Err(bad(
+                        key,
+                        &format!("{p:?} is not an IP:port such as \"127.0.0.1:9050\" (a proxy is never looked up by name)"),
+                    ));
+                }
             }
         }
         for host in &self.network.allow_hosts {

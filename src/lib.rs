@@ -14,6 +14,7 @@ pub mod config;
 pub mod keys;
 pub mod net;
 pub mod protocol;
+pub mod sd_notify;
 pub mod services;
 pub mod shutdown;
 pub mod store;

@@ -279,6 +279,7 @@ fn dialer(cfg: &Config) -> Dialer {
         cfg.network.url_policy(),
         Duration::from_secs(cfg.network.connect_timeout_secs),
     )
+    .with_routes(cfg.network.routes())
 }
 
 fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncContext> {
@@ -320,6 +321,7 @@ fn watch_signals(shutdown: Shutdown) {
             _ = int.recv() => {},
         }
         tracing::info!("shutdown requested; finishing the batches in flight");
+        crate::sd_notify::notify("STOPPING=1");
         shutdown.trigger();
     });
 }
@@ -380,6 +382,8 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
                 }
             });
         }
+        // Every service is running: tell systemd (Type=notify) and feed its watchdog.
+        crate::sd_notify::ready(shutdown.clone());
         let (s, st, sd) = (stores.clone(), ctx.stats.clone(), shutdown.clone());
         let reporter = tokio::spawn(async move {
             loop {

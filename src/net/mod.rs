@@ -4,5 +4,6 @@
 pub mod dialer;
 pub mod http;
 pub mod nip11;
+pub mod socks;
 pub mod tls;
 pub mod ws;
