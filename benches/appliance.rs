@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::bench::vm_hwm_kib;
 use support::hostile::{HostileRelay, Options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
@@ -33,15 +34,6 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
     )
     .expect("config");
     cfg
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

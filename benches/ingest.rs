@@ -13,6 +13,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::{env_usize, vm_hwm_kib};
 use support::hostile;
 
 use std::path::Path;
@@ -22,13 +23,6 @@ use std::time::{Duration, Instant};
 use nostr::prelude::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -305,14 +299,8 @@ async fn bench_rss() {
     .await
     .expect("join");
     let wall = start.elapsed();
-    // Peak RSS of the node itself: VmHWM belongs to the process image after exec. (wait4's
-    // ru_maxrss would also count the bench process's pages the child saw between fork and exec.)
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    // Peak RSS of the node itself (VmHWM, not wait4's ru_maxrss: see support/bench.rs).
+    let hwm_kib = vm_hwm_kib(pid);
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let (ok, cpu, _) = tokio::task::spawn_blocking(move || wait_measured(child))

@@ -17,16 +17,10 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::bench::{env_usize, vm_hwm_kib};
 use support::hostile::{HostileRelay, Options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
@@ -40,15 +34,6 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// What the sweep recorded: relays online, with a read RTT, with a write RTT, with NIP-11.

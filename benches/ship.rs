@@ -8,6 +8,11 @@
 //! Run: `cargo bench --bench ship` (env BENCH_EVENTS, default 50000; BENCH_ROUNDS, default 3).
 //! Starts its own PostgreSQL + PgBouncer through scripts/testdb.
 
+#[path = "../tests/support/bench.rs"]
+#[allow(dead_code)]
+mod bench;
+use bench::env_usize;
+
 #[allow(dead_code)]
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -24,13 +29,6 @@ use bigbrotr::store::Stores;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
 const RELAY: &str = "ws://127.0.0.1:7777";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Deterministic pseudo-random bytes (xorshift), so every round ships the same rows.
 struct Rng(u64);

@@ -2,6 +2,7 @@
 //! hostile relay, and a throwaway node (data dir + config) driven through the real binary.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod hostile;
 pub mod mmdb;
 pub mod pg;
