@@ -118,6 +118,34 @@ async fn idle_rss() {
         "idle `bigbrotr run` (no relays, 10 s): peak RSS {:.1} MB (goal <= 50 MB without Tor)",
         hwm as f64 / 1024.0
     );
+    // The same under qemu-user with the aarch64 build, when scripts/cross-build made it (the
+    // figure includes qemu's own translation cache: an upper bound for a real Pi).
+    let arm = PathBuf::from(BIN)
+        .ancestors()
+        .nth(2)
+        .map(|t| t.join("aarch64-unknown-linux-gnu/release/bigbrotr"))
+        .filter(|p| p.exists());
+    if let Some(arm) = arm {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = config(dir.path(), "");
+        let mut child = Command::new("qemu-aarch64-static")
+            .args(["-L", "/usr/aarch64-linux-gnu"])
+            .arg(&arm)
+            .args(["--config", cfg.to_str().expect("utf8"), "run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-aarch64-static");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let hwm = vm_hwm_kib(child.id());
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        println!(
+            "idle `bigbrotr run` aarch64 under qemu-user (10 s): peak RSS {:.1} MB, qemu included",
+            hwm as f64 / 1024.0
+        );
+    }
 }
 
 fn sizes() {

@@ -174,6 +174,12 @@ async fn bench_ingest() {
     );
 }
 
+/// The node binary: `BENCH_NODE_BIN` (e.g. the aarch64 build, with
+/// `BENCH_WRAP="qemu-aarch64-static -L /usr/aarch64-linux-gnu"`), else the host build.
+fn node_bin() -> String {
+    std::env::var("BENCH_NODE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// `BENCH_WRAP="perf record -g -o /tmp/perf.data"` runs the node under a profiler.
 fn wrapped(bin: &str) -> Command {
     let wrap: Vec<String> = std::env::var("BENCH_WRAP")
@@ -267,7 +273,7 @@ async fn bench_rss() {
             std::env::var("BENCH_SYNC_EXTRA").unwrap_or_default().replace("\\n", "\n")
         ),
     );
-    let child = Command::new(BIN)
+    let child = wrapped(&node_bin())
         .args(["--config", cfg.to_str().expect("utf8"), "run"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
