@@ -169,7 +169,7 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
                 }
             }
         };
-        record_at(ctx, due.id, CheckKind::Nip11, at, &out, &sched);
+        record_at(ctx, due.id, CheckKind::Nip11, at, out, &sched).await;
         if ctx.shutdown.is_triggered() {
             return report;
         }
@@ -184,7 +184,7 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
         let rtt =
             rtt::round_trips(&ctx.dialer, &url, keys, ctx.max_message_bytes, step, until).await;
         let out = nip66_outcome(&rtt, &facts);
-        record_at(ctx, due.id, CheckKind::Nip66, at, &out, &sched);
+        record_at(ctx, due.id, CheckKind::Nip66, at, out, &sched).await;
         let publishable = ctx
             .publisher
             .as_ref()
@@ -222,7 +222,7 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
             Err(_) => failed_open(format!("open: not done within {} s", step.as_secs())),
         };
         report.error = out.error.clone();
-        record_at(ctx, due.id, CheckKind::Open, at, &out, &sched);
+        record_at(ctx, due.id, CheckKind::Open, at, out, &sched).await;
     }
     report.status = status_of(ctx, &due.url);
     report
@@ -310,17 +310,25 @@ fn status_of(ctx: &MonitorContext, url: &str) -> String {
     }
 }
 
-fn record_at(
+/// Record a check on a blocking thread: the SQLite transaction may wait (busy timeout) for
+/// another process writing the same file, and must not stall the runtime's workers meanwhile.
+async fn record_at(
     ctx: &MonitorContext,
     id: u32,
     kind: CheckKind,
     at: i64,
-    out: &CheckOutcome,
+    out: CheckOutcome,
     s: &Schedule,
 ) {
-    if let Err(e) = ctx.state.record_check(id, kind, at, out, s) {
-        tracing::error!(relay_id = id, check = kind.as_str(), error = %e, "cannot record a check");
-    }
+    let (state, s) = (ctx.state.clone(), *s);
+    let done =
+        tokio::task::spawn_blocking(move || state.record_check(id, kind, at, &out, &s)).await;
+    let err = match done {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(relay_id = id, check = kind.as_str(), error = %err, "cannot record a check");
 }
 
 /// Counters of one sweep or of the service so far.
