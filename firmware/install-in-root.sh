@@ -8,9 +8,10 @@ set -eu
 ROOT="$1"; DEB="$2"
 here="$(cd "$(dirname "$0")" && pwd)"
 [ -d "$ROOT/etc" ] || { echo "install-in-root: $ROOT is not a root filesystem" >&2; exit 1; }
-if [ "$(uname -m)" != "aarch64" ] && [ ! -x "$ROOT/usr/bin/qemu-aarch64-static" ]; then
+if [ "$(uname -m)" != "aarch64" ] && [ ! -x "$ROOT/usr/bin/qemu-aarch64-static" ] \
+    && [ -x /usr/bin/qemu-aarch64-static ]; then
     cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"   # binfmt runs arm64 programs through it
-    cleanup_qemu=1
+    trap 'rm -f "$ROOT/usr/bin/qemu-aarch64-static"' EXIT
 fi
 if chroot "$ROOT" /bin/true 2>/dev/null; then
     cp "$DEB" "$ROOT/tmp/bigbrotr.deb"
@@ -30,6 +31,10 @@ install -D -m 0644 "$here/bigbrotr-firstboot.service" "$ROOT/lib/systemd/system/
 mkdir -p "$ROOT/etc/systemd/system/multi-user.target.wants"
 ln -sf /lib/systemd/system/bigbrotr-firstboot.service \
     "$ROOT/etc/systemd/system/multi-user.target.wants/bigbrotr-firstboot.service"
+# The node itself is enabled now (the package's postinst cannot, with no systemd running): it
+# starts at every boot, the first time right after bigbrotr-firstboot.
+ln -sf /lib/systemd/system/bigbrotr.service \
+    "$ROOT/etc/systemd/system/multi-user.target.wants/bigbrotr.service"
 
 # SD card: keep the journal in RAM (capped), no access-time writes.
 install -D -m 0644 /dev/stdin "$ROOT/etc/systemd/journald.conf.d/bigbrotr.conf" <<'JOURNAL'
@@ -40,5 +45,4 @@ JOURNAL
 if [ -f "$ROOT/etc/fstab" ]; then
     sed -i -E '/^[^#].*[[:space:]]ext4[[:space:]]/{/noatime/!s/(ext4[[:space:]]+)([^[:space:]]+)/\1\2,noatime/}' "$ROOT/etc/fstab"
 fi
-[ "${cleanup_qemu:-0}" = 1 ] && rm -f "$ROOT/usr/bin/qemu-aarch64-static"
 echo "install-in-root: done; bigbrotr starts on first boot of $ROOT"

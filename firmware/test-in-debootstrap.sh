@@ -14,6 +14,11 @@ if [ ! -d "$ROOT/etc" ]; then
     echo "debootstrap (arm64, first stage) into $ROOT" >&2
     debootstrap --arch=arm64 --foreign --variant=minbase bookworm "$ROOT" http://deb.debian.org/debian >/dev/null
 fi
+# A host that can run arm64 programs (binfmt) completes the root; otherwise install-in-root.sh
+# uses the host's dpkg.
+if [ -x "$ROOT/debootstrap/debootstrap" ] && chroot "$ROOT" /bin/true 2>/dev/null; then
+    chroot "$ROOT" /debootstrap/debootstrap --second-stage >/dev/null
+fi
 deb="$(scripts/package-deb arm64 "$work")"
 firmware/install-in-root.sh "$ROOT" "$deb"
 
@@ -31,6 +36,8 @@ grep -q '^\[upstream\]' "$ROOT/etc/bigbrotr/config.toml" || fail "upstream setti
 [ "$(stat -c %a "$ROOT/etc/bigbrotr/env")" = 600 ] || fail "env mode"
 grep -q s3cret-from-boot "$ROOT/etc/bigbrotr/env" || fail "env content"
 [ ! -e "$boot/env" ] || fail "secret left on the boot partition"
+[ ! -e "$boot/upstream.toml" ] || fail "upstream settings left on the boot partition"
+[ -L "$ROOT/etc/systemd/system/multi-user.target.wants/bigbrotr.service" ] || fail "node not enabled"
 [ ! -e "$ROOT/etc/systemd/system/multi-user.target.wants/bigbrotr-firstboot.service" ] || fail "firstboot still enabled"
 [ -e "$ROOT/var/lib/bigbrotr-firstboot.done" ] || fail "done marker"
 grep -q "Storage=volatile" "$ROOT/etc/systemd/journald.conf.d/bigbrotr.conf" || fail "journald"

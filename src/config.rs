@@ -525,6 +525,19 @@ impl Config {
                 let parsed: tokio_postgres::Config = url
                     .parse()
                     .map_err(|e| bad(key, &format!("is not a PostgreSQL URL: {e}")))?;
+                let overlay = parsed.get_hosts().iter().any(|h| match h {
+                    tokio_postgres::config::Host::Tcp(name) => {
+                        let n = name.trim_end_matches('.').to_ascii_lowercase();
+                        [".onion", ".i2p", ".loki"].iter().any(|s| n.ends_with(s))
+                    }
+                    _ => false,
+                });
+                if overlay {
+                    return Err(bad(
+                        key,
+                        "names an overlay (.onion/.i2p/.loki) host; the database client would resolve it with the system resolver, leaking it. Reach the archive on clearnet or through a local tunnel (e.g. 127.0.0.1:PORT)",
+                    ));
+                }
                 if parsed.get_password().is_some() {
                     return Err(bad(
                         key,
@@ -748,6 +761,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("xml") || err.contains("format"), "{err}");
+    }
+
+    #[test]
+    fn overlay_archive_hosts_are_refused() {
+        let e = Config::parse(
+            "[upstream]\ndatabase_url = \"postgres://n@abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx.onion:5432/b\"\n",
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("upstream.database_url") && e.contains("overlay"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,8 +5,6 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use crate::shutdown::Shutdown;
-
 fn socket_addr() -> Option<std::os::unix::net::SocketAddr> {
     let path = std::env::var_os("NOTIFY_SOCKET")?;
     let path = path.to_str()?;
@@ -37,9 +35,10 @@ fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Tell systemd the node is ready, and keep its watchdog fed until shutdown. The pings come
-/// from a task on the runtime: a wedged runtime stops them and systemd restarts the node.
-pub fn ready(shutdown: Shutdown) {
+/// Tell systemd the node is ready, and keep its watchdog fed for as long as the runtime lives
+/// (also while a shutdown drains the work in flight). The pings come from a task on the
+/// runtime: a wedged runtime stops them and systemd restarts the node.
+pub fn ready() {
     notify("READY=1");
     let Some(every) = watchdog_interval() else {
         return;
@@ -47,9 +46,7 @@ pub fn ready(shutdown: Shutdown) {
     tokio::spawn(async move {
         loop {
             notify("WATCHDOG=1");
-            if shutdown.sleep(every / 2).await {
-                return;
-            }
+            tokio::time::sleep(every / 2).await;
         }
     });
 }

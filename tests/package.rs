@@ -48,14 +48,22 @@ fn arm64_deb_holds_a_working_node() {
     ] {
         assert!(info.contains(want), "{want} missing in:\n{info}");
     }
-    let conffiles = Command::new("sh")
+    // The config is not a conffile (first-boot provisioning appends to it; upgrades must not
+    // prompt): postinst creates it from the template.
+    let ctrl = Command::new("sh")
+        .arg("-c")
+        .arg(format!("dpkg-deb --ctrl-tarfile '{deb}' | tar -tf -"))
+        .output()
+        .unwrap();
+    assert!(!stdout(&ctrl).contains("conffiles"), "{}", stdout(&ctrl));
+    let postinst = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "dpkg-deb --ctrl-tarfile '{deb}' | tar -xOf - ./conffiles"
+            "dpkg-deb --ctrl-tarfile '{deb}' | tar -xOf - ./postinst"
         ))
         .output()
         .unwrap();
-    assert_eq!(stdout(&conffiles).trim(), "/etc/bigbrotr/config.toml");
+    assert!(stdout(&postinst).contains("usr/share/bigbrotr/config.toml"));
     let contents = stdout(
         &Command::new("dpkg-deb")
             .args(["--contents", &deb])
@@ -95,7 +103,7 @@ fn arm64_deb_holds_a_working_node() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", stderr(&v));
-    let cfg = std::fs::read_to_string(root.path().join("etc/bigbrotr/config.toml"))
+    let cfg = std::fs::read_to_string(root.path().join("usr/share/bigbrotr/config.toml"))
         .unwrap()
         .replace(
             "/var/lib/bigbrotr",

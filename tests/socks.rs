@@ -118,7 +118,25 @@ async fn overlay_relays_are_reached_only_through_their_socks_proxy() {
     let i2p = "bigbrotr-test.i2p";
     let dir = tempfile::tempdir().unwrap();
     let queries = dns_counter();
-    let (_proxy, proxy_port) = proxy(dir.path(), &[&onion, i2p]);
+    // A second onion relay that serves a NIP-11 document (the monitor fetches it over HTTP
+    // through the proxy too).
+    let documented = support::hostile::HostileRelay::start(
+        vec![],
+        support::hostile::Options {
+            nip11: Some(r#"{"name":"through the proxy","supported_nips":[1,11]}"#.into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let doc_port: u16 = documented
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let onion2 = format!("nipeleven{}.onion", "b".repeat(47));
+    let (_proxy, proxy_port) = proxy(dir.path(), &[&onion, i2p, &onion2]);
 
     // Without a route: refused by name, nothing resolved, nothing dialed.
     let node = Node::new("");
@@ -158,8 +176,12 @@ async fn overlay_relays_are_reached_only_through_their_socks_proxy() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     assert_same_ids(&node.exported_ids(), &ids_of(&events));
-    // The monitor reaches them the same way (NIP-11 over HTTP too).
-    let (n2, d, u) = (node.clone(), dir.path().to_path_buf(), onion_url.clone());
+    // The monitor reaches them the same way, NIP-11 over HTTP included.
+    let (n2, d, u) = (
+        node.clone(),
+        dir.path().to_path_buf(),
+        format!("ws://{onion2}:{doc_port}"),
+    );
     let out = tokio::task::spawn_blocking(move || {
         node_run(&n2, &d, &["monitor", "--relay", &u, "--once", "--json"])
     })
@@ -168,6 +190,7 @@ async fn overlay_relays_are_reached_only_through_their_socks_proxy() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["rtt"]["open_ms"].is_u64(), "{v}");
+    assert_eq!(v["nip11"]["name"], "through the proxy", "{v}");
     assert_eq!(v["network"], "tor");
     assert!(
         v["facts"]["dns"].is_null(),

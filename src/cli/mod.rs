@@ -383,7 +383,7 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
             });
         }
         // Every service is running: tell systemd (Type=notify) and feed its watchdog.
-        crate::sd_notify::ready(shutdown.clone());
+        crate::sd_notify::ready();
         let (s, st, sd) = (stores.clone(), ctx.stats.clone(), shutdown.clone());
         let reporter = tokio::spawn(async move {
             loop {
