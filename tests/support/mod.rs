@@ -201,3 +201,17 @@ pub fn ids_of(events: &[Event]) -> std::collections::BTreeSet<String> {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// The aarch64 release binary that scripts/test builds (`BIGBROTR_AARCH64_BIN`). Without it the
+/// ARM tests skip, loudly, unless `BIGBROTR_REQUIRE_ARM` says they must run (as in CI).
+pub fn aarch64_bin() -> Option<std::ffi::OsString> {
+    let bin = std::env::var_os("BIGBROTR_AARCH64_BIN");
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("BIGBROTR_REQUIRE_ARM").is_none(),
+            "BIGBROTR_REQUIRE_ARM is set but BIGBROTR_AARCH64_BIN is not"
+        );
+        eprintln!("skipped: BIGBROTR_AARCH64_BIN is not set (scripts/test builds and sets it)");
+    }
+    bin
+}
