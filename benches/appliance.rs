@@ -100,10 +100,20 @@ async fn first_connection(rounds: usize) {
     );
 }
 
-async fn idle_rss() {
+/// Peak RSS (VmHWM) of `bigbrotr run` with nothing to do, after 10 s; `wrap` runs it under a
+/// program such as qemu-user.
+async fn idle_hwm_mb(bin: &Path, wrap: &[&str]) -> f64 {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config(dir.path(), "");
-    let mut child = Command::new(BIN)
+    let mut cmd = match wrap.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
         .args(["--config", cfg.to_str().expect("utf8"), "run"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -114,9 +124,13 @@ async fn idle_rss() {
     // SAFETY: plain kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
+    hwm as f64 / 1024.0
+}
+
+async fn idle_rss() {
     println!(
         "idle `bigbrotr run` (no relays, 10 s): peak RSS {:.1} MB (goal <= 50 MB without Tor)",
-        hwm as f64 / 1024.0
+        idle_hwm_mb(Path::new(BIN), &[]).await
     );
     // The same under qemu-user with the aarch64 build, when scripts/cross-build made it (the
     // figure includes qemu's own translation cache: an upper bound for a real Pi).
@@ -126,24 +140,10 @@ async fn idle_rss() {
         .map(|t| t.join("aarch64-unknown-linux-gnu/release/bigbrotr"))
         .filter(|p| p.exists());
     if let Some(arm) = arm {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = config(dir.path(), "");
-        let mut child = Command::new("qemu-aarch64-static")
-            .args(["-L", "/usr/aarch64-linux-gnu"])
-            .arg(&arm)
-            .args(["--config", cfg.to_str().expect("utf8"), "run"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-aarch64-static");
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let hwm = vm_hwm_kib(child.id());
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let _ = child.wait();
+        let qemu = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"];
         println!(
             "idle `bigbrotr run` aarch64 under qemu-user (10 s): peak RSS {:.1} MB, qemu included",
-            hwm as f64 / 1024.0
+            idle_hwm_mb(&arm, &qemu).await
         );
     }
 }

@@ -73,29 +73,36 @@ async fn policy_answers_are_facts_not_failures() {
     assert!(v["rtt"]["read_ms"].is_null());
 }
 
+/// A relay that accepts the websocket and never answers, and one that trickles NOTICEs byte by
+/// byte and never answers: the read step ends at its bound either way, the open is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_relay_times_out_and_unreachable_relay_fails() {
-    let relay = HostileRelay::start(
-        vec![],
-        Options {
-            never_eose: true,
-            ..Options::default()
-        },
-    )
-    .await;
-    let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
-    let url = relay.url();
-    let t = Instant::now();
-    let (out, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
-        .await
-        .unwrap();
-    assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "every wait is bounded"
-    );
-    assert!(out.status.success(), "open worked: {}", stderr(&out));
-    let errors = v["rtt"]["errors"].to_string();
-    assert!(errors.contains("read: no EOSE within 2000 ms"), "{v}");
+    let silent = Options {
+        never_eose: true,
+        ..Options::default()
+    };
+    let trickle = Options {
+        never_eose: true,
+        notice_flood: 1_000_000,
+        drip: Some(Duration::from_millis(2)),
+        ..Options::default()
+    };
+    for opts in [silent, trickle] {
+        let relay = HostileRelay::start(vec![], opts).await;
+        let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
+        let url = relay.url();
+        let t = Instant::now();
+        let (out, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "every wait is bounded"
+        );
+        assert!(out.status.success(), "open worked: {}", stderr(&out));
+        let errors = v["rtt"]["errors"].to_string();
+        assert!(errors.contains("read: no EOSE within 2000 ms"), "{v}");
+    }
 
     // Nothing listens on port 1: the check fails, naming the step.
     let node = Node::new("");
@@ -654,30 +661,6 @@ async fn tls_facts_describe_the_certificate_of_a_wss_relay() {
     let left = tls["not_after"].as_i64().unwrap() - now_secs() as i64;
     assert!((29 * 86_400..=31 * 86_400).contains(&left), "{v}");
     assert!(tls["handshake_ms"].is_u64(), "{v}");
-}
-
-/// A relay that trickles NOTICEs and never answers: the read step ends at its timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notice_trickle_cannot_hold_a_check() {
-    let relay = HostileRelay::start(
-        vec![],
-        Options {
-            never_eose: true,
-            notice_flood: 1_000_000,
-            drip: Some(Duration::from_millis(2)),
-            ..Options::default()
-        },
-    )
-    .await;
-    let node = Node::new("[monitor]\ncheck_timeout_secs = 2\n");
-    let url = relay.url();
-    let t = Instant::now();
-    let (_, v) = tokio::task::spawn_blocking(move || monitor(&node, &url))
-        .await
-        .unwrap();
-    assert!(t.elapsed() < Duration::from_secs(30), "bounded");
-    let errors = v["rtt"]["errors"].to_string();
-    assert!(errors.contains("read: no EOSE within 2000 ms"), "{v}");
 }
 
 /// Geo and ASN only from operator-supplied MaxMind-format files: recorded with the NIP-66 result
