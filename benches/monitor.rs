@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::bench::{env_usize, vm_hwm_kib};
-use support::hostile::{HostileRelay, Options};
+use support::hostile::HostileRelay;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
 
@@ -160,14 +160,7 @@ fn main() {
                 urls.push(r.url.clone());
                 real.push(r);
             } else {
-                let r = HostileRelay::start(
-                    vec![],
-                    Options {
-                        nip11: Some(doc.into()),
-                        ..Options::default()
-                    },
-                )
-                .await;
+                let r = HostileRelay::serving_nip11(doc).await;
                 urls.push(r.url());
                 hostile.push(r);
             }

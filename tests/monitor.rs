@@ -376,14 +376,7 @@ async fn sweeps_keep_status_history_and_uptime() {
     )
     .await;
     let doc = r#"{"name":"hostile but documented","software":"git+https://example.invalid/relay","version":"1.2.3","supported_nips":[1,11,66]}"#;
-    let documented = HostileRelay::start(
-        vec![],
-        Options {
-            nip11: Some(doc.into()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let documented = HostileRelay::serving_nip11(doc).await;
     let dead = "ws://127.0.0.1:1";
     let node = std::sync::Arc::new(Node::new(
         "[monitor]\ncheck_timeout_secs = 3\nfailure_threshold = 2\n",
@@ -507,14 +500,7 @@ fn rusqlite_count(node: &Node, sql: &str) -> i64 {
 async fn published_30166_and_10166_are_read_back_from_a_real_relay() {
     let target = local_relay(&[], RelayOpts::default()).await;
     let doc = r#"{"name":"n","supported_nips":[1,11,42],"limitation":{"payment_required":true}}"#;
-    let watched = HostileRelay::start(
-        vec![],
-        Options {
-            nip11: Some(doc.into()),
-            ..Options::default()
-        },
-    )
-    .await;
+    let watched = HostileRelay::serving_nip11(doc).await;
     let node = Node::new(&format!(
         "[monitor]\ncheck_timeout_secs = 3\npublish = true\npublish_relays = [\"{}\"]\n",
         target.url

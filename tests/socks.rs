@@ -120,12 +120,8 @@ async fn overlay_relays_are_reached_only_through_their_socks_proxy() {
     let queries = dns_counter();
     // A second onion relay that serves a NIP-11 document (the monitor fetches it over HTTP
     // through the proxy too).
-    let documented = support::hostile::HostileRelay::start(
-        vec![],
-        support::hostile::Options {
-            nip11: Some(r#"{"name":"through the proxy","supported_nips":[1,11]}"#.into()),
-            ..Default::default()
-        },
+    let documented = support::hostile::HostileRelay::serving_nip11(
+        r#"{"name":"through the proxy","supported_nips":[1,11]}"#,
     )
     .await;
     let doc_port: u16 = documented

@@ -158,6 +158,15 @@ pub struct HostileRelay {
 }
 
 impl HostileRelay {
+    /// A well-behaved relay with no events that serves `doc` as its NIP-11 document.
+    pub async fn serving_nip11(doc: &str) -> HostileRelay {
+        let opts = Options {
+            nip11: Some(doc.to_string()),
+            ..Options::default()
+        };
+        HostileRelay::start(vec![], opts).await
+    }
+
     /// Bind 127.0.0.1 on a free port and start serving `events`.
     pub async fn start(events: Vec<RawEvent>, opts: Options) -> HostileRelay {
         let listener = TcpListener::bind("127.0.0.1:0")
