@@ -68,7 +68,7 @@ fn node_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[log]\nlevel = \"warn\"\n{extra}",
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[tor]\nenabled = false\n[log]\nlevel = \"warn\"\n{extra}",
             dir.join("data").display()
         ),
     )

@@ -97,7 +97,7 @@ async fn sweep_once(urls: &[String]) -> (Duration, u64, usize) {
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[log]\nlevel = \"warn\"\n[seeder]\nfile = \"{}\"\n[monitor]\ncheck_timeout_secs = 10\n",
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[tor]\nenabled = false\n[log]\nlevel = \"warn\"\n[seeder]\nfile = \"{}\"\n[monitor]\ncheck_timeout_secs = 10\n",
             dir.path().join("data").display(),
             seeds.display()
         ),

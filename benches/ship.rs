@@ -87,7 +87,7 @@ fn node_with_spool(dir: &Path, upstream: &str, pwfile: &Path, evs: &[Event]) -> 
     std::fs::write(
         &cfg_path,
         format!(
-            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[seeder]\nenabled = false\n\
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\n[tor]\nenabled = false\n[seeder]\nenabled = false\n\
              [log]\nlevel = \"warn\"\n[storage]\nsync_writes = false\n\
              [upstream]\ndatabase_url = \"{upstream}\"\npassword_file = \"{}\"\n",
             dir.join("data").display(),

@@ -49,9 +49,43 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub upstream: UpstreamConfig,
     pub archive: ArchiveConfig,
+    pub tor: TorConfig,
     /// Where the file was loaded from (`None`: the embedded default). Not a config key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[tor]`: the built-in Tor client (arti) for `.onion` relays.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TorConfig {
+    /// Reach `.onion` relays through the built-in Tor (default: true in builds with the `tor`
+    /// cargo feature, which is the default build). Ignored when `network.tor_proxy` is set: an
+    /// external tor is used instead.
+    pub enabled: Option<bool>,
+    /// Memory arti may use for queued Tor traffic before it sheds load, MiB (default: 32).
+    pub memory_max_mb: u64,
+    /// arti's own configuration (its `arti.toml` keys), for what is not covered above, e.g.
+    /// `[tor.arti.tor_network]` fallback caches and authorities of a private Tor network.
+    /// `storage` and `system.memory` are always set from the keys above.
+    pub arti: Option<toml::Table>,
+}
+
+impl Default for TorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            memory_max_mb: 32,
+            arti: None,
+        }
+    }
+}
+
+impl TorConfig {
+    /// Whether onion relays go through the built-in Tor in this build with this config.
+    pub fn builtin(&self, network: &NetworkConfig) -> bool {
+        cfg!(feature = "tor") && self.enabled.unwrap_or(true) && network.tor_proxy.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +144,8 @@ pub struct NetworkConfig {
     pub allow_hosts: Vec<String>,
     /// TCP + TLS + websocket handshake timeout in seconds (default: 15).
     pub connect_timeout_secs: u64,
+    /// The same for `.onion`, `.i2p` and `.loki` relays, whose circuits take longer (default: 60).
+    pub overlay_connect_timeout_secs: u64,
     /// Largest websocket message accepted from a relay, bytes (default: 1 MiB).
     pub max_message_bytes: usize,
     /// Largest event `content`, bytes (default: 256 KiB).
@@ -134,6 +170,7 @@ impl Default for NetworkConfig {
             allow_local: false,
             allow_hosts: Vec::new(),
             connect_timeout_secs: 15,
+            overlay_connect_timeout_secs: 60,
             max_message_bytes: 1024 * 1024,
             max_content_bytes: limits.max_content_bytes,
             max_tags: limits.max_tags,
@@ -153,6 +190,12 @@ impl NetworkConfig {
             tor: parse(&self.tor_proxy),
             i2p: parse(&self.i2p_proxy),
             loki: parse(&self.loki_proxy),
+            overlay_timeout: Some(std::time::Duration::from_secs(
+                self.overlay_connect_timeout_secs,
+            )),
+            // The built-in client is the process's own (crate::net::tor::shared), added by the CLI.
+            #[cfg(feature = "tor")]
+            builtin_tor: None,
         }
     }
 
@@ -636,6 +679,27 @@ impl Config {
                         &format!("{p:?} is not an IP:port such as \"127.0.0.1:9050\" (a proxy is never looked up by name)"),
                     ));
                 }
+            }
+        }
+        if self.tor.enabled == Some(true) && !cfg!(feature = "tor") {
+            return Err(bad(
+                "tor.enabled",
+                "is true, but this bigbrotr was built without Tor (cargo feature `tor`); set tor.enabled = false, or network.tor_proxy to an external tor's SOCKS port",
+            ));
+        }
+        if self.tor.memory_max_mb == 0 {
+            return Err(bad("tor.memory_max_mb", "must be at least 1"));
+        }
+        if !(1..=600).contains(&self.network.overlay_connect_timeout_secs) {
+            return Err(bad(
+                "network.overlay_connect_timeout_secs",
+                "must be between 1 and 600",
+            ));
+        }
+        #[cfg(feature = "tor")]
+        if self.tor.builtin(&self.network) {
+            if let Err(e) = crate::net::tor::arti_config(self) {
+                return Err(bad("tor.arti", &e));
             }
         }
         for host in &self.network.allow_hosts {

@@ -279,7 +279,19 @@ fn dialer(cfg: &Config) -> Dialer {
         cfg.network.url_policy(),
         Duration::from_secs(cfg.network.connect_timeout_secs),
     )
-    .with_routes(cfg.network.routes())
+    .with_routes(routes(cfg))
+}
+
+/// The overlay routes, with the process's built-in Tor client when the config uses it (created
+/// here on first use; `cmd_run` creates it first, in its never-wait-in-a-dial mode).
+fn routes(cfg: &Config) -> crate::net::dialer::Routes {
+    #[allow(unused_mut)]
+    let mut r = cfg.network.routes();
+    #[cfg(feature = "tor")]
+    {
+        r.builtin_tor = crate::net::tor::shared(cfg, true);
+    }
+    r
 }
 
 fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncContext> {
@@ -328,10 +340,16 @@ fn watch_signals(shutdown: Shutdown) {
 
 fn cmd_run(cfg: Config) -> Result<ExitCode> {
     let rt = runtime()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let stores = Stores::open(&cfg)?;
         let shutdown = Shutdown::new();
         watch_signals(shutdown.clone());
+        // The built-in Tor client, before any dialer exists: in `run` an onion dial never waits
+        // for the bootstrap (the relay is tried again later).
+        #[cfg(feature = "tor")]
+        let tor = crate::net::tor::shared(&cfg, false);
+        #[cfg(not(feature = "tor"))]
+        let tor: Option<()> = None;
         if cfg.seeder.enabled {
             let r = seeder::seed(&cfg, &stores)?;
             tracing::info!(
@@ -384,11 +402,17 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
         }
         // Every service is running: tell systemd (Type=notify) and feed its watchdog.
         crate::sd_notify::ready();
+        // Tor bootstraps in the background, after clearnet work has started.
+        #[cfg(feature = "tor")]
+        if let Some(t) = &tor {
+            t.start_bootstrap();
+        }
         let (s, st, sd) = (stores.clone(), ctx.stats.clone(), shutdown.clone());
         let reporter = tokio::spawn(async move {
             loop {
                 write_sync_stats(&s, &st);
-                if sd.sleep(Duration::from_secs(10)).await {
+                write_tor_status(&s, tor.as_ref());
+                if sd.sleep(Duration::from_secs(5)).await {
                     write_sync_stats(&s, &st);
                     return;
                 }
@@ -403,7 +427,26 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
         stores.events.flush()?;
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Tor's background tasks (a bootstrap retrying forever while offline) must not hold the
+    // process: everything acknowledged is already flushed.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// The built-in Tor's status for `bigbrotr status` (`tor`/`status` in the state store).
+#[cfg(feature = "tor")]
+fn write_tor_status(stores: &Stores, tor: Option<&std::sync::Arc<crate::net::tor::BuiltinTor>>) {
+    let v = match tor {
+        Some(t) => serde_json::to_value(t.status()).unwrap_or_default(),
+        None => serde_json::Value::Null,
+    };
+    let _ = stores.state.set_state("tor", "status", &v.to_string());
+}
+
+#[cfg(not(feature = "tor"))]
+fn write_tor_status(stores: &Stores, _tor: Option<&()>) {
+    let _ = stores.state.set_state("tor", "status", "null");
 }
 
 fn write_sync_stats(stores: &Stores, st: &SyncStats) {
@@ -564,6 +607,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         .state
         .get_state("shipper", "stats")?
         .and_then(|s| serde_json::from_str(&s).ok());
+    let tor = tor_summary(cfg, &stores)?;
     let oldest = stores.events.spool_oldest_seen_at()?;
     let lag = oldest.map(|t| now_secs().saturating_sub(t));
     let v = serde_json::json!({
@@ -583,6 +627,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         "quarantined": counters.quarantined,
         "services": services,
         "sync_stats": sync_stats,
+        "tor": tor,
         "relays": progress,
     });
     if json {
@@ -602,6 +647,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         counters.events, counters.sightings
     );
     println!("spool depth:    {}", counters.spool_depth);
+    println!("tor:            {}", tor_line(&tor));
     if cfg.upstream.enabled() || ship.is_some() {
         let lag = lag.map_or("none (spool empty)".to_string(), |l| format!("{l} s"));
         println!("ship lag:       {lag}");
@@ -651,6 +697,47 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `.onion` relays are reached, and (built-in Tor) the status `run` last wrote.
+fn tor_summary(cfg: &Config, stores: &Stores) -> Result<serde_json::Value> {
+    let route = if cfg.network.tor_proxy.is_some() {
+        "proxy"
+    } else if cfg.tor.builtin(&cfg.network) {
+        "builtin"
+    } else {
+        "none"
+    };
+    let status: serde_json::Value = stores
+        .state
+        .get_state("tor", "status")?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Ok(serde_json::json!({
+        "route": route,
+        "proxy": cfg.network.tor_proxy,
+        "status": if route == "builtin" { status } else { serde_json::Value::Null },
+    }))
+}
+
+fn tor_line(t: &serde_json::Value) -> String {
+    match t["route"].as_str() {
+        Some("proxy") => format!(
+            "external tor at {} (network.tor_proxy)",
+            t["proxy"].as_str().unwrap_or("?")
+        ),
+        Some("builtin") => match t["status"].as_object() {
+            Some(s) => format!(
+                "built-in, {} {}% ({}; {} s ago)",
+                s.get("state").and_then(|v| v.as_str()).unwrap_or("?"),
+                s.get("percent").and_then(|v| v.as_u64()).unwrap_or(0),
+                s.get("summary").and_then(|v| v.as_str()).unwrap_or(""),
+                now_secs().saturating_sub(s.get("at").and_then(|v| v.as_u64()).unwrap_or(0)),
+            ),
+            None => "built-in, not started (starts with `bigbrotr run`)".into(),
+        },
+        _ => "off (onion relays are skipped; see [tor] and network.tor_proxy)".into(),
+    }
 }
 
 fn now_secs() -> u64 {

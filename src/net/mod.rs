@@ -6,4 +6,6 @@ pub mod http;
 pub mod nip11;
 pub mod socks;
 pub mod tls;
+#[cfg(feature = "tor")]
+pub mod tor;
 pub mod ws;

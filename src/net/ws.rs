@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::dialer::{DialError, Dialer};
+use super::dialer::{DialError, Dialer, RelayStream};
 use crate::protocol::url::RelayUrl;
 use crate::protocol::ClientMessage;
 
@@ -34,7 +33,7 @@ pub enum WsError {
 }
 
 pub struct WsConnection {
-    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    stream: WebSocketStream<MaybeTlsStream<RelayStream>>,
 }
 
 impl WsConnection {
@@ -56,11 +55,12 @@ impl WsConnection {
             Some(config),
             Some(Connector::Rustls(super::tls::client_config())),
         );
-        let (stream, _resp) = tokio::time::timeout(dialer.timeout(), handshake)
+        let after = dialer.timeout_for(url.network());
+        let (stream, _resp) = tokio::time::timeout(after, handshake)
             .await
             .map_err(|_| WsError::HandshakeTimeout {
                 url: url.to_string(),
-                after: dialer.timeout(),
+                after,
             })?
             .map_err(|e| WsError::Handshake {
                 url: url.to_string(),

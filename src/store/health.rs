@@ -485,7 +485,7 @@ impl State {
     pub fn clear_skipped(&self) -> Result<usize, StateError> {
         Ok(self.conn().execute(
             "UPDATE relay_health SET status = 'unknown', next_open_at = 0, next_nip11_at = 0,
-                next_nip66_at = 0 WHERE status IN ('no_route', 'refused')",
+                next_nip66_at = 0 WHERE status IN ('no_route', 'refused', 'tor_starting')",
             [],
         )?)
     }

@@ -104,7 +104,19 @@ impl Stores {
                 });
             }
         }
-        let events = EventStore::open(&dir.join("events"), &Self::event_opts(cfg))?;
+        // Another command may hold the RocksDB lock for a moment (`status` creating a fresh
+        // store just as `run` starts): wait up to 5 s before giving up.
+        let mut tries = 0;
+        let events = loop {
+            match EventStore::open(&dir.join("events"), &Self::event_opts(cfg)) {
+                Ok(e) => break e,
+                Err(e) if tries < 50 && e.to_string().contains("lock file") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let state = State::open(&dir.join("state.sqlite"))?;
         Ok(Stores {
             events: Arc::new(events),

@@ -87,8 +87,8 @@ pub fn keys(n: usize) -> Vec<Keys> {
     (0..n).map(|_| Keys::generate()).collect()
 }
 
-/// A node: temp data dir and a config file with `allow_local = true` and no seed relays (tests
-/// must never register a public relay: nothing may leave loopback).
+/// A node: temp data dir and a config file with `allow_local = true`, no seed relays and no
+/// built-in Tor (tests must never register a public relay: nothing may leave loopback).
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -98,8 +98,15 @@ impl Node {
     pub fn new(extra: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("config.toml");
+        // The built-in Tor would bootstrap from the real Tor network's fallback directories:
+        // off unless the test configures it (tests/tor.rs points it at loopback).
+        let tor = if extra.contains("[tor") {
+            ""
+        } else {
+            "[tor]\nenabled = false\n"
+        };
         let text = format!(
-            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\nconnect_timeout_secs = 5\n[seeder]\nenabled = false\n{extra}",
+            "[node]\ndata_dir = \"{}\"\n[network]\nallow_local = true\nconnect_timeout_secs = 5\n[seeder]\nenabled = false\n{tor}{extra}",
             dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
@@ -214,4 +221,41 @@ pub fn aarch64_bin() -> Option<std::ffi::OsString> {
         eprintln!("skipped: BIGBROTR_AARCH64_BIN is not set (scripts/test builds and sets it)");
     }
     bin
+}
+
+/// A `[tor]` section that turns the built-in Tor on with arti's bootstrap pointed at ONE fallback
+/// directory on 127.0.0.1:`port` (the real network's fallbacks are never contacted; no Tor
+/// network exists here, so the bootstrap stays stuck, as it would offline).
+pub fn tor_loopback_config(port: u16) -> String {
+    format!(
+        "[tor]\nenabled = true\nmemory_max_mb = 16\n[tor.arti.tor_network]\nfallback_caches = [{{ rsa_identity = \"0102030405060708090a0b0c0d0e0f1011121314\", ed_identity = \"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA\", orports = [\"127.0.0.1:{port}\"] }}]\n"
+    )
+}
+
+/// A TCP listener on 127.0.0.1 that accepts and drops connections, counting them (a "Tor
+/// directory" that never answers).
+pub struct CountingListener {
+    pub port: u16,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingListener {
+    pub fn start() -> CountingListener {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let a = accepted.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                if s.is_ok() {
+                    a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        CountingListener { port, accepted }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }

@@ -132,6 +132,15 @@ pub async fn check_relay(ctx: &MonitorContext, due: &DueRelay, all: bool) -> Rel
         report.error = Some(msg);
         return report;
     }
+    if let Some(why) = ctx.dialer.tor_not_ready(url.network()) {
+        // Says nothing about the relay: look again once Tor has had time to bootstrap.
+        let _ = ctx
+            .state
+            .mark_skipped(due.id, "tor_starting", unix_now(), 60, &why);
+        report.status = "skipped".into();
+        report.error = Some(why);
+        return report;
+    }
     let (step, deadline) = (ctx.timeout(), ctx.deadline());
     let mut nip11_info: Option<RelayInfo> = None;
     if all || due.nip11_due {

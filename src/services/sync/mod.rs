@@ -45,6 +45,9 @@ impl Drop for Running {
 }
 
 /// Run the synchronizer until shutdown.
+/// How soon an onion relay is tried again while the built-in Tor is still bootstrapping.
+const TOR_NOT_READY_RETRY_SECS: i64 = 60;
+
 pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_relays));
     let running: Arc<Mutex<HashSet<u32>>> = Arc::new(Mutex::new(HashSet::new()));
@@ -117,10 +120,15 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                     Err(SyncError::Shutdown) => Ok(()),
                     Err(e) => {
                         let failures = state.failures(row.id).unwrap_or(0) + 1;
-                        let no_route = matches!(e, SyncError::Link(link::LinkError::Ws(crate::net::ws::WsError::Dial(
-                            crate::net::dialer::DialError::NoRoute { .. } | crate::net::dialer::DialError::Refused { .. }
-                        ))));
-                        let wait = if no_route {
+                        use crate::net::dialer::DialError;
+                        let dial = match e {
+                            SyncError::Link(link::LinkError::Ws(crate::net::ws::WsError::Dial(d))) => Some(d),
+                            _ => None,
+                        };
+                        let wait = if let Some(DialError::TorNotReady { .. }) = dial {
+                            // Not the relay's fault: look again soon, Tor may be ready by then.
+                            TOR_NOT_READY_RETRY_SECS.min(ctx2.cfg.backoff_max_secs as i64)
+                        } else if dial.is_some_and(|d| d.is_not_tried()) {
                             ctx2.cfg.backoff_max_secs as i64
                         } else {
                             backoff_secs(failures, ctx2.cfg.backoff_min_secs, ctx2.cfg.backoff_max_secs)

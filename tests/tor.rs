@@ -1,0 +1,294 @@
+//! The built-in Tor (arti) with no Tor network: what the issue asks of it offline. Bootstrap
+//! stays in the background, reports "stuck" in `bigbrotr status` and the logs, keeps its state
+//! and cache in the data dir, and never delays clearnet syncing or shutdown; onion relays wait
+//! (`tor_starting`) instead of being marked down.
+//!
+//! Nothing may leave loopback: arti is pointed at one "fallback directory" on 127.0.0.1 (a
+//! listener that counts connections and drops them), and every test that runs arti runs in its
+//! own network namespace that has only `lo`, so even a bug could not reach another address.
+//! Needs root for the namespace, as CI has.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T0: u64 = 1_720_000_000;
+
+/// Move this thread (and every thread and process it starts from now on) into a new network
+/// namespace with only the loopback interface, up.
+fn enter_loopback_only_netns() {
+    // SAFETY: unshare(2) on the calling thread; no memory is shared with the kernel.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare(CLONE_NEWNET) failed ({}): this test needs root (CAP_SYS_ADMIN), as CI has",
+        std::io::Error::last_os_error()
+    );
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip (iproute2; scripts/bootstrap installs it)");
+    assert!(up.success(), "ip link set lo up");
+    // Proof that nothing else is reachable from here.
+    let out = std::net::TcpStream::connect_timeout(
+        &"192.0.2.1:9".parse().unwrap(), // TEST-NET-1: never routed, and no route here at all
+        Duration::from_millis(200),
+    );
+    let err = out.expect_err("no route outside loopback");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENETUNREACH),
+        "expected 'network unreachable', got {err}"
+    );
+}
+
+fn in_netns(body: impl std::future::Future<Output = ()>) {
+    enter_loopback_only_netns();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body);
+}
+
+fn onion_url() -> String {
+    format!("ws://{}.onion", "b".repeat(56))
+}
+
+/// `network.overlay_connect_timeout_secs` in the `[network]` section Node::new wrote.
+fn set_overlay_timeout(node: &Node, secs: u64) {
+    let cfg = std::fs::read_to_string(&node.config)
+        .expect("cfg")
+        .replacen(
+            "connect_timeout_secs = 5\n",
+            &format!("connect_timeout_secs = 5\noverlay_connect_timeout_secs = {secs}\n"),
+            1,
+        );
+    std::fs::write(&node.config, cfg).expect("cfg");
+}
+
+fn relay_row(node: &Node, url: &str) -> serde_json::Value {
+    let out = node.run(&["relays", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    list.as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["url"] == url)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() {
+    in_netns(async {
+        let dir_listener = CountingListener::start();
+        let authors = keys(2);
+        let events = notes(60, &authors, |i| T0 + i as u64);
+        let relay = local_relay(&events, RelayOpts::default()).await;
+        let onion = onion_url();
+        let node = Node::new(&format!(
+            "[sync]\nbackoff_min_secs = 1\nlive_turn_secs = 2\n[monitor]\nwrite_test = false\ncheck_timeout_secs = 3\n{}",
+            tor_loopback_config(dir_listener.port)
+        ));
+        let seeds = node.dir.path().join("seeds.txt");
+        std::fs::write(&seeds, format!("{}\n{onion}\n", relay.url)).expect("seeds");
+        let cfg = std::fs::read_to_string(&node.config).expect("cfg").replace(
+            "[seeder]\nenabled = false\n",
+            &format!("[seeder]\nenabled = true\nfile = \"{}\"\n", seeds.display()),
+        );
+        std::fs::write(&node.config, cfg).expect("cfg");
+
+        let log = node.dir.path().join("run.log");
+        let mut child = node
+            .cmd()
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn");
+
+        // Clearnet: the whole history arrives while Tor is stuck at bootstrap.
+        let want = ids_of(&events);
+        let t = Instant::now();
+        loop {
+            let st = node.status();
+            if st["events_stored"].as_u64() == Some(want.len() as u64) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "clearnet sync: {st}\nlog: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let synced_after = t.elapsed();
+
+        // Tor: bootstrapping in the background, stuck (nothing answers at the fallback), shown in
+        // `status` with arti's reason; the fallback on loopback was tried.
+        let t = Instant::now();
+        let tor = loop {
+            let st = node.status();
+            let tor = st["tor"].clone();
+            if tor["status"]["state"] == "stuck" && dir_listener.count() > 0 {
+                break tor;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "tor status: {tor}, fallback connections: {}",
+                dir_listener.count()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(tor["route"], "builtin", "{tor}");
+        assert!(
+            tor["status"]["percent"].as_u64().expect("percent") < 100,
+            "{tor}"
+        );
+        let summary = tor["status"]["summary"].as_str().expect("summary");
+        assert!(summary.starts_with("Stuck at"), "{summary}");
+        let human = node.run(&["status"]);
+        assert!(
+            stdout(&human).contains("tor:            built-in, stuck"),
+            "{}",
+            stdout(&human)
+        );
+
+        // The onion relay waits for Tor: neither offline nor silently dropped.
+        let t = Instant::now();
+        loop {
+            let row = relay_row(&node, &onion);
+            if row["status"] == "tor_starting" {
+                let err = row["last_error"].as_str().unwrap_or("");
+                assert!(err.contains("built-in Tor is not ready yet"), "{row}");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "onion row: {row}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(relay_row(&node, &relay.url)["status"], "online");
+
+        // State and directory cache live in the data dir, private to the node.
+        for d in ["tor/state", "tor/cache"] {
+            let p = node.data_dir().join(d);
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&p).expect(d).permissions(),
+            );
+            assert_eq!(mode & 0o077, 0, "{d} is private: {mode:o}");
+        }
+
+        // Shutdown does not wait for a bootstrap that will never finish.
+        let t = Instant::now();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+            .await
+            .expect("join");
+        assert!(exit.success(), "graceful stop exits 0: {exit:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "stop took {:?}",
+            t.elapsed()
+        );
+        let logs = std::fs::read_to_string(&log).expect("log");
+        assert!(
+            logs.contains("built-in Tor: bootstrapping in the background"),
+            "{logs}"
+        );
+        assert!(logs.contains("Stuck at"), "progress is logged: {logs}");
+        eprintln!(
+            "clearnet history archived {synced_after:?} after start; {} connection(s) to the loopback fallback",
+            dir_listener.count()
+        );
+    });
+}
+
+#[test]
+fn one_shot_sync_of_an_onion_relay_waits_for_tor_then_fails_clearly() {
+    in_netns(async {
+        let dir_listener = CountingListener::start();
+        let node = Node::new(&tor_loopback_config(dir_listener.port));
+        set_overlay_timeout(&node, 4);
+        let t = Instant::now();
+        let out = node.sync_no_retry(&onion_url()).await;
+        let took = t.elapsed();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("built-in Tor is not ready yet"), "{err}");
+        assert!(err.contains("Stuck at"), "arti's reason is shown: {err}");
+        // It waited for Tor once (network.overlay_connect_timeout_secs), not once per dial
+        // (NIP-11, then the websocket) and not forever.
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+            "took {took:?}"
+        );
+        assert!(dir_listener.count() > 0, "the bootstrap was started");
+    });
+}
+
+#[test]
+fn clearnet_commands_never_start_tor() {
+    in_netns(async {
+        let dir_listener = CountingListener::start();
+        let events = notes(5, &keys(1), |i| T0 + i as u64);
+        let relay = local_relay(&events, RelayOpts::default()).await;
+        let node = Node::new(&tor_loopback_config(dir_listener.port));
+        let out = node.sync_once(&relay.url).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            !node.data_dir().join("tor").exists(),
+            "no Tor state for a clearnet sync"
+        );
+        assert_eq!(dir_listener.count(), 0);
+    });
+}
+
+#[test]
+fn without_a_tor_route_onion_relays_are_skipped_with_the_fix_named() {
+    // No arti here (tor.enabled = false): no namespace needed.
+    let node = Node::new("[tor]\nenabled = false\n");
+    let out = node.run(&["sync", "--relay", &onion_url(), "--once", "--retries", "0"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no route to the tor network"), "{err}");
+    assert!(err.contains("[tor] enabled = true"), "{err}");
+    assert!(err.contains("network.tor_proxy"), "{err}");
+    assert!(!node.data_dir().join("tor").exists());
+    let st = node.run(&["status"]);
+    assert!(
+        stdout(&st).contains("tor:            off"),
+        "{}",
+        stdout(&st)
+    );
+}
+
+#[test]
+fn bad_tor_settings_are_refused_at_load_with_the_key_named() {
+    for (extra, key) in [
+        ("[tor]\nmemory_max_mb = 0\n", "tor.memory_max_mb"),
+        (
+            "[tor]\n[tor.arti.tor_network]\nfallback_caches = \"nowhere\"\n",
+            "tor.arti",
+        ),
+    ] {
+        let node = Node::new(extra);
+        let out = node.run(&["status"]);
+        assert!(!out.status.success(), "{extra}");
+        assert!(stderr(&out).contains(key), "{extra}: {}", stderr(&out));
+    }
+    let node = Node::new("");
+    set_overlay_timeout(&node, 0);
+    let out = node.run(&["status"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("network.overlay_connect_timeout_secs"),
+        "{}",
+        stderr(&out)
+    );
+}
