@@ -56,6 +56,18 @@ fn in_netns(body: impl std::future::Future<Output = ()>) {
         .block_on(body);
 }
 
+/// A spawned `run` that is killed if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn onion_url() -> String {
     format!("ws://{}.onion", "b".repeat(56))
 }
@@ -105,13 +117,16 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
         std::fs::write(&node.config, cfg).expect("cfg");
 
         let log = node.dir.path().join("run.log");
-        let mut child = node
+        let child = node
             .cmd()
             .arg("run")
             .env("RUST_LOG", "info")
+            // As under systemd's DynamicUser: arti must not need a home directory.
+            .env_remove("HOME")
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("spawn");
+        let mut child = KillOnDrop(Some(child));
 
         // Clearnet: the whole history arrives while Tor is stuck at bootstrap.
         let want = ids_of(&events);
@@ -130,13 +145,16 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
         }
         let synced_after = t.elapsed();
 
-        // Tor: bootstrapping in the background, stuck (nothing answers at the fallback), shown in
-        // `status` with arti's reason; the fallback on loopback was tried.
+        // Tor: bootstrapping in the background, never ready (nothing answers at the fallback),
+        // shown in `status` with arti's own summary; the fallback on loopback was tried. Whether
+        // arti calls itself "stuck" or still "bootstrapping" at a given instant is its own
+        // heuristic (it flips between them on every retry), so either is accepted.
         let t = Instant::now();
         let tor = loop {
             let st = node.status();
             let tor = st["tor"].clone();
-            if tor["status"]["state"] == "stuck" && dir_listener.count() > 0 {
+            let state = tor["status"]["state"].as_str().unwrap_or("");
+            if (state == "stuck" || state == "bootstrapping") && dir_listener.count() > 0 {
                 break tor;
             }
             assert!(
@@ -152,12 +170,12 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
             "{tor}"
         );
         let summary = tor["status"]["summary"].as_str().expect("summary");
-        assert!(summary.starts_with("Stuck at"), "{summary}");
-        let human = node.run(&["status"]);
+        assert!(summary.contains('%'), "arti's summary: {summary}");
+        let human = stdout(&node.run(&["status"]));
         assert!(
-            stdout(&human).contains("tor:            built-in, stuck"),
-            "{}",
-            stdout(&human)
+            human.contains("tor:            built-in, stuck")
+                || human.contains("tor:            built-in, bootstrapping"),
+            "{human}"
         );
 
         // The onion relay waits for Tor: neither offline nor silently dropped.
@@ -185,6 +203,7 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
 
         // Shutdown does not wait for a bootstrap that will never finish.
         let t = Instant::now();
+        let mut child = child.0.take().expect("child");
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
@@ -201,7 +220,12 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
             logs.contains("built-in Tor: bootstrapping in the background"),
             "{logs}"
         );
-        assert!(logs.contains("Stuck at"), "progress is logged: {logs}");
+        assert!(
+            logs.contains("built-in Tor: ")
+                && logs.contains("percent=")
+                && !logs.contains('\u{1b}'),
+            "progress is logged, in plain text (no terminal colours in a log file): {logs}"
+        );
         eprintln!(
             "clearnet history archived {synced_after:?} after start; {} connection(s) to the loopback fallback",
             dir_listener.count()
@@ -221,7 +245,11 @@ fn one_shot_sync_of_an_onion_relay_waits_for_tor_then_fails_clearly() {
         assert!(!out.status.success());
         let err = stderr(&out);
         assert!(err.contains("built-in Tor is not ready yet"), "{err}");
-        assert!(err.contains("Stuck at"), "arti's reason is shown: {err}");
+        assert!(
+            err.contains("built-in Tor is not ready yet (stuck")
+                || err.contains("built-in Tor is not ready yet (bootstrapping"),
+            "arti's state is shown: {err}"
+        );
         // It waited for Tor once (network.overlay_connect_timeout_secs), not once per dial
         // (NIP-11, then the websocket) and not forever.
         assert!(

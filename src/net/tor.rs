@@ -206,11 +206,17 @@ impl BuiltinTor {
         });
         let me = self.clone();
         tokio::spawn(async move {
+            // Logged when the state or the tens digit of the percent changes; offline, arti's
+            // reading flips between "stuck" and "bootstrapping" on every retry, so at most once
+            // a minute unless it became ready.
             let mut last = (String::new(), u32::MAX);
+            let mut logged_at: Option<tokio::time::Instant> = None;
             loop {
                 let reading = me.read();
                 let key = (reading.state.clone(), reading.percent / 10);
-                if key != last {
+                let quiet = logged_at.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+                if key != last && (!quiet || reading.state == "ready") {
+                    logged_at = Some(tokio::time::Instant::now());
                     if reading.state == "stuck" {
                         tracing::warn!(
                             percent = reading.percent,
@@ -234,12 +240,14 @@ impl BuiltinTor {
         };
         let s = client.bootstrap_status();
         let percent = (s.as_frac() * 100.0).round().clamp(0.0, 100.0) as u32;
-        let state = if s.ready_for_traffic() {
-            "ready"
-        } else if s.blocked().is_some() {
-            "stuck"
-        } else {
-            "bootstrapping"
+        let state = match s.blocked() {
+            _ if s.ready_for_traffic() => "ready",
+            // "Waiting to be told to bootstrap": the instant before the bootstrap task runs.
+            Some(b) if matches!(b.kind(), arti_client::status::BlockageKind::Disabled) => {
+                "bootstrapping"
+            }
+            Some(_) => "stuck",
+            None => "bootstrapping",
         };
         TorStatus {
             state: state.into(),
