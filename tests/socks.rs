@@ -7,13 +7,13 @@
 
 mod support;
 
-use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, Output};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::ns::{counted_resolver_files, dns_counter, in_namespace};
 use support::*;
 
 const T0: u64 = 1_700_000_000;
@@ -24,18 +24,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// `program args` in a new mount namespace where `binds` (file, target) are bind-mounted.
-fn in_namespace(binds: &[(&Path, &str)], program: &str, args: &[&str]) -> Command {
-    let mut script = String::new();
-    for (file, target) in binds {
-        script.push_str(&format!("mount --bind '{}' {target} && ", file.display()));
-    }
-    script.push_str("exec \"$0\" \"$@\"");
-    let mut c = Command::new("unshare");
-    c.args(["-m", "sh", "-c", &script, program]).args(args);
-    c
 }
 
 struct Proxy(Child);
@@ -71,31 +59,10 @@ fn proxy(dir: &Path, names: &[&str]) -> (Proxy, u16) {
     (Proxy(child), port)
 }
 
-/// A UDP "resolver" on 127.0.0.9:53 that counts every datagram it receives.
-fn dns_counter() -> Arc<AtomicU64> {
-    let sock = UdpSocket::bind("127.0.0.9:53").expect("bind 127.0.0.9:53 (needs root)");
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while sock.recv_from(&mut buf).is_ok() {
-            c.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    count
-}
-
 /// Run bigbrotr in a namespace that cannot resolve the overlay names except by asking the
 /// counting resolver.
 fn node_run(node: &Node, dir: &Path, args: &[&str]) -> Output {
-    let hosts = dir.join("node-hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
-    let resolv = dir.join("node-resolv.conf");
-    std::fs::write(
-        &resolv,
-        "nameserver 127.0.0.9\noptions timeout:1 attempts:1\n",
-    )
-    .unwrap();
+    let (hosts, resolv) = counted_resolver_files(dir);
     let mut all = vec!["--config", node.config.to_str().unwrap()];
     all.extend(args);
     in_namespace(

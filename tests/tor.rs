@@ -6,13 +6,15 @@
 //! Nothing may leave loopback: arti is pointed at one "fallback directory" on 127.0.0.1 (a
 //! listener that counts connections and drops them), and every test that runs arti runs in its
 //! own network namespace that has only `lo`, so even a bug could not reach another address.
-//! Needs root for the namespace, as CI has.
+//! The node runs in a mount namespace whose resolver is a counting listener on 127.0.0.9: the
+//! onion name never reaches DNS. Needs root for the namespaces, as CI has.
 
 mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::ns::{counted_resolver_files, dns_counter, in_namespace};
 use support::*;
 
 const T0: u64 = 1_720_000_000;
@@ -68,6 +70,38 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `bigbrotr --config <node> args` in a mount namespace that resolves names only through the
+/// counting resolver of [`dns_counter`].
+fn counted_dns_cmd(node: &Node, args: &[&str]) -> Command {
+    let (hosts, resolv) = counted_resolver_files(node.dir.path());
+    let mut all = vec!["--config", node.config.to_str().expect("utf8")];
+    all.extend(args);
+    let mut c = in_namespace(
+        &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
+        env!("CARGO_BIN_EXE_bigbrotr"),
+        &all,
+    );
+    c.env_remove("BIGBROTR_CONFIG").env("RUST_LOG", "warn");
+    c
+}
+
+/// The counter does see a lookup made in that namespace (so its zero means something).
+fn assert_dns_counter_works(node: &Node, queries: &std::sync::atomic::AtomicU64) {
+    let before = queries.load(std::sync::atomic::Ordering::SeqCst);
+    let (hosts, resolv) = counted_resolver_files(node.dir.path());
+    let _ = in_namespace(
+        &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
+        "getent",
+        &["hosts", "dns-counter-self-check.example"],
+    )
+    .output()
+    .expect("getent");
+    assert!(
+        queries.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the DNS counter works"
+    );
+}
+
 fn onion_url() -> String {
     format!("ws://{}.onion", "b".repeat(56))
 }
@@ -100,6 +134,7 @@ fn relay_row(node: &Node, url: &str) -> serde_json::Value {
 fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() {
     in_netns(async {
         let dir_listener = CountingListener::start();
+        let queries = dns_counter();
         let authors = keys(2);
         let events = notes(60, &authors, |i| T0 + i as u64);
         let relay = local_relay(&events, RelayOpts::default()).await;
@@ -117,9 +152,7 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
         std::fs::write(&node.config, cfg).expect("cfg");
 
         let log = node.dir.path().join("run.log");
-        let child = node
-            .cmd()
-            .arg("run")
+        let child = counted_dns_cmd(&node, &["run"])
             .env("RUST_LOG", "info")
             // As under systemd's DynamicUser: arti must not need a home directory.
             .env_remove("HOME")
@@ -191,6 +224,28 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert_eq!(relay_row(&node, &relay.url)["status"], "online");
+        // The synchronizer defers it too, without blaming the relay: not offline.
+        let t = Instant::now();
+        loop {
+            let st = node.status();
+            let row = st["relays"]
+                .as_array()
+                .expect("relays")
+                .iter()
+                .find(|r| r["url"] == onion.as_str())
+                .cloned()
+                .expect("onion row");
+            if row["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("built-in Tor is not ready yet")
+            {
+                assert_ne!(row["status"], "offline", "{row}");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "sync row: {row}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
 
         // State and directory cache live in the data dir, private to the node.
         for d in ["tor/state", "tor/cache"] {
@@ -220,6 +275,12 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
             logs.contains("built-in Tor: bootstrapping in the background"),
             "{logs}"
         );
+        assert_eq!(
+            queries.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the onion name never reached DNS"
+        );
+        assert_dns_counter_works(&node, &queries);
         assert!(
             logs.contains("built-in Tor: ")
                 && logs.contains("percent=")
@@ -237,10 +298,18 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
 fn one_shot_sync_of_an_onion_relay_waits_for_tor_then_fails_clearly() {
     in_netns(async {
         let dir_listener = CountingListener::start();
+        let queries = dns_counter();
         let node = Node::new(&tor_loopback_config(dir_listener.port));
         set_overlay_timeout(&node, 4);
         let t = Instant::now();
-        let out = node.sync_no_retry(&onion_url()).await;
+        let url = onion_url();
+        let mut cmd = counted_dns_cmd(
+            &node,
+            &["sync", "--relay", &url, "--once", "--retries", "0"],
+        );
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("run"))
+            .await
+            .expect("join");
         let took = t.elapsed();
         assert!(!out.status.success());
         let err = stderr(&out);
@@ -257,6 +326,12 @@ fn one_shot_sync_of_an_onion_relay_waits_for_tor_then_fails_clearly() {
             "took {took:?}"
         );
         assert!(dir_listener.count() > 0, "the bootstrap was started");
+        assert_eq!(
+            queries.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the onion name never reached DNS"
+        );
+        assert_dns_counter_works(&node, &queries);
     });
 }
 
@@ -303,6 +378,11 @@ fn bad_tor_settings_are_refused_at_load_with_the_key_named() {
         (
             "[tor]\n[tor.arti.tor_network]\nfallback_caches = \"nowhere\"\n",
             "tor.arti",
+        ),
+        // A typo would otherwise mean arti's defaults: the real network's fallbacks.
+        (
+            "[tor]\n[tor.arti.tor_netwrok]\nfallback_caches = []\n",
+            "tor.arti.tor_netwrok",
         ),
     ] {
         let node = Node::new(extra);

@@ -285,14 +285,16 @@ fn dialer(cfg: &Config) -> Dialer {
     .with_routes(routes(cfg))
 }
 
-/// The overlay routes, with the process's built-in Tor client when the config uses it (created
-/// here on first use; `cmd_run` creates it first, in its never-wait-in-a-dial mode).
+/// The overlay routes, with the process's built-in Tor client when the config uses it. Its
+/// mode is set by whichever command creates it first: one-shot commands (`sync --relay URL
+/// --once`, `monitor --relay URL --once`) do so in wait-in-the-dial mode; otherwise it is
+/// created here, never waiting in a dial.
 fn routes(cfg: &Config) -> crate::net::dialer::Routes {
     #[allow(unused_mut)]
     let mut r = cfg.network.routes();
     #[cfg(feature = "tor")]
     {
-        r.builtin_tor = crate::net::tor::shared(cfg, true);
+        r.builtin_tor = crate::net::tor::shared(cfg, false);
     }
     r
 }
@@ -351,6 +353,11 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
         // for the bootstrap (the relay is tried again later).
         #[cfg(feature = "tor")]
         let tor = crate::net::tor::shared(&cfg, false);
+        #[cfg(feature = "tor")]
+        if let Some(t) = &tor {
+            // Created now (no network I/O), so a failure is known before any service dials.
+            t.create_client();
+        }
         #[cfg(not(feature = "tor"))]
         let tor: Option<()> = None;
         if cfg.seeder.enabled {
@@ -478,6 +485,9 @@ fn cmd_sync(cfg: Config, relay: &str, once: bool, retries: u32) -> Result<ExitCo
         let shutdown = Shutdown::new();
         watch_signals(shutdown.clone());
         let (id, _) = stores.state.add_relay(&url, "cli")?;
+        // `--once` waits for the built-in Tor in the dial (the user asked for this relay).
+        #[cfg(feature = "tor")]
+        crate::net::tor::shared(&cfg, once);
         let ctx = context(&cfg, stores.clone(), shutdown.clone())?;
         let mode = if once { Mode::Once } else { Mode::Turn };
         let mut attempts = 0;

@@ -83,6 +83,10 @@ pub(super) fn cmd_monitor(
     rt.block_on(async move {
         let shutdown = Shutdown::new();
         watch_signals(shutdown.clone());
+        // Checking one named relay once waits for the built-in Tor (the user asked for that
+        // relay); a sweep or the service does not.
+        #[cfg(feature = "tor")]
+        crate::net::tor::shared(&cfg, once && one.is_some());
         let (ctx, publishing) = context(&cfg, state, shutdown)?;
         let ctx = Arc::new(ctx);
         if let (true, Some(p)) = (once, &ctx.publisher) {

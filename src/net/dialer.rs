@@ -50,6 +50,9 @@ pub enum DialError {
     TorNotReady { url: String, reason: String },
     #[error("{url}: {reason}")]
     Tor { url: String, reason: String },
+    /// The built-in Tor client could not be created (its error says why): no route.
+    #[error("{url}: {reason}; onion relays are skipped (fix the cause, or set network.tor_proxy)")]
+    TorUnavailable { url: String, reason: String },
 }
 
 impl DialError {
@@ -58,7 +61,10 @@ impl DialError {
     pub fn is_not_tried(&self) -> bool {
         matches!(
             self,
-            DialError::NoRoute { .. } | DialError::Refused { .. } | DialError::TorNotReady { .. }
+            DialError::NoRoute { .. }
+                | DialError::Refused { .. }
+                | DialError::TorNotReady { .. }
+                | DialError::TorUnavailable { .. }
         )
     }
 }
@@ -132,7 +138,7 @@ impl Dialer {
     pub fn has_route(&self, network: Network) -> bool {
         network == Network::Clearnet
             || self.routes.proxy(network).is_some()
-            || (network == Network::Tor && self.builtin_tor().is_some())
+            || (network == Network::Tor && self.builtin_tor_usable())
     }
 
     /// When onion relays go through the built-in Tor and it is not ready for traffic yet (and
@@ -148,14 +154,17 @@ impl Dialer {
         None
     }
 
+    /// A built-in Tor client exists, or may still be created (it has not failed).
+    fn builtin_tor_usable(&self) -> bool {
+        #[cfg(feature = "tor")]
+        return self.builtin_tor().is_some_and(|t| !t.failed());
+        #[cfg(not(feature = "tor"))]
+        return false;
+    }
+
     #[cfg(feature = "tor")]
     fn builtin_tor(&self) -> Option<&Arc<crate::net::tor::BuiltinTor>> {
         self.routes.builtin_tor.as_ref()
-    }
-
-    #[cfg(not(feature = "tor"))]
-    fn builtin_tor(&self) -> Option<()> {
-        None
     }
 
     /// The connect timeout for a relay on `network`.
@@ -177,6 +186,10 @@ impl Dialer {
                     return match tor.connect(url.host(), url.port(), timeout).await {
                         Ok(s) => Ok(Box::new(s)),
                         Err(TorError::NotReady(e)) => Err(DialError::TorNotReady {
+                            url: url.to_string(),
+                            reason: e.to_string(),
+                        }),
+                        Err(e @ TorError::Unavailable(_)) => Err(DialError::TorUnavailable {
                             url: url.to_string(),
                             reason: e.to_string(),
                         }),

@@ -6,9 +6,10 @@
 //! - Memory for queued Tor traffic is capped by `tor.memory_max_mb` (arti's default is derived
 //!   from the machine's RAM, gigabytes on a server).
 //! - `bigbrotr run` starts the bootstrap at once and never waits for it: an onion relay dialed
-//!   before Tor is ready gets [`TorNotReady`] and is tried again later. One-shot commands
-//!   (`sync URL`, `monitor --relay URL`) start it on their first onion dial and wait for it, up to
-//!   `network.overlay_connect_timeout_secs`.
+//!   before Tor is ready gets [`TorNotReady`] and is tried again later (so do the standalone
+//!   `monitor` service and `sync --relay URL` without `--once`). One-shot commands
+//!   (`sync --relay URL --once`, `monitor --relay URL --once`) start it on their first onion
+//!   dial and wait for it once, up to `network.overlay_connect_timeout_secs`.
 //! - Progress is polled once a second, logged when it changes, and kept in [`TorStatus`] for
 //!   `bigbrotr status`.
 //!
@@ -96,9 +97,22 @@ pub fn shared(cfg: &Config, wait_in_dial: bool) -> Option<Arc<BuiltinTor>> {
 /// the operator's `[tor.arti]` overrides (e.g. a private network's fallback directories).
 pub fn arti_config(cfg: &Config) -> Result<TorClientConfig, String> {
     let mut b: TorClientConfigBuilder = match &cfg.tor.arti {
-        Some(t) => toml::Value::Table(t.clone())
-            .try_into()
-            .map_err(|e| format!("tor.arti: {e}"))?,
+        Some(t) => {
+            // arti's builders skip unknown keys; a typo would silently mean the default (say,
+            // the real network's fallbacks instead of a private network's), so refuse it.
+            let mut unknown = Vec::new();
+            let b = serde_ignored::deserialize(toml::Value::Table(t.clone()), |path| {
+                unknown.push(format!("tor.arti.{path}"))
+            })
+            .map_err(|e| format!("tor.arti: {e}"))?;
+            if !unknown.is_empty() {
+                return Err(format!(
+                    "tor.arti: unknown key(s) {} (see arti's arti.toml reference)",
+                    unknown.join(", ")
+                ));
+            }
+            b
+        }
         None => TorClientConfigBuilder::default(),
     };
     let (state, cache) = dirs(cfg);
@@ -132,6 +146,16 @@ impl BuiltinTor {
                 ..Default::default()
             }),
         }
+    }
+
+    /// Create the arti client now (no network I/O) if it was not yet; inside the tokio runtime.
+    pub fn create_client(&self) {
+        let _ = self.client();
+    }
+
+    /// The client could not be created (see the status): onion relays have no route.
+    pub fn failed(&self) -> bool {
+        matches!(self.client.get(), Some(Err(_)))
     }
 
     /// The arti client, created (without network I/O) on first call; must run inside the tokio

@@ -280,6 +280,18 @@ impl State {
         Ok(())
     }
 
+    /// The relay could not be tried (the built-in Tor is still bootstrapping): look again after
+    /// `wait_secs`, without counting a failure or changing its status.
+    pub fn defer(&self, id: u32, reason: &str, wait_secs: i64) -> Result<(), StateError> {
+        let t = now();
+        self.conn().execute(
+            "UPDATE relay SET last_error = ?2, last_attempt_at = ?3, next_attempt_at = ?4
+             WHERE id = ?1",
+            params![id, truncate(reason, 500), t, t + wait_secs],
+        )?;
+        Ok(())
+    }
+
     pub fn failures(&self, id: u32) -> Result<i64, StateError> {
         Ok(self
             .conn()

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod hostile;
 pub mod mmdb;
+pub mod ns;
 pub mod pg;
 pub mod raw_event;
 
@@ -100,7 +101,7 @@ impl Node {
         let config = dir.path().join("config.toml");
         // The built-in Tor would bootstrap from the real Tor network's fallback directories:
         // off unless the test configures it (tests/tor.rs points it at loopback).
-        let tor = if extra.contains("[tor") {
+        let tor = if extra.contains("[tor]") {
             ""
         } else {
             "[tor]\nenabled = false\n"

@@ -118,17 +118,22 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                     // at once must not be reconnected in a tight loop.
                     Ok(_) => state.record_success(row.id, ctx2.cfg.backoff_min_secs as i64),
                     Err(SyncError::Shutdown) => Ok(()),
+                    // Not the relay's fault: look again soon, Tor may be ready by then; no
+                    // failure is counted and its status stays as it was.
+                    Err(SyncError::Link(link::LinkError::Ws(crate::net::ws::WsError::Dial(
+                        crate::net::dialer::DialError::TorNotReady { reason, .. },
+                    )))) => state.defer(
+                        row.id,
+                        reason,
+                        TOR_NOT_READY_RETRY_SECS.min(ctx2.cfg.backoff_max_secs as i64),
+                    ),
                     Err(e) => {
                         let failures = state.failures(row.id).unwrap_or(0) + 1;
-                        use crate::net::dialer::DialError;
                         let dial = match e {
                             SyncError::Link(link::LinkError::Ws(crate::net::ws::WsError::Dial(d))) => Some(d),
                             _ => None,
                         };
-                        let wait = if let Some(DialError::TorNotReady { .. }) = dial {
-                            // Not the relay's fault: look again soon, Tor may be ready by then.
-                            TOR_NOT_READY_RETRY_SECS.min(ctx2.cfg.backoff_max_secs as i64)
-                        } else if dial.is_some_and(|d| d.is_not_tried()) {
+                        let wait = if dial.is_some_and(|d| d.is_not_tried()) {
                             ctx2.cfg.backoff_max_secs as i64
                         } else {
                             backoff_secs(failures, ctx2.cfg.backoff_min_secs, ctx2.cfg.backoff_max_secs)

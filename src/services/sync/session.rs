@@ -158,13 +158,29 @@ pub async fn run(
     url: &RelayUrl,
     mode: Mode,
 ) -> Result<Outcome, SyncError> {
+    // An onion relay while the built-in Tor is still bootstrapping: not tried at all (no NIP-11
+    // attempt is stamped either).
+    if let Some(reason) = ctx.dialer.tor_not_ready(url.network()) {
+        return Err(SyncError::Link(super::link::LinkError::Ws(
+            crate::net::ws::WsError::Dial(crate::net::dialer::DialError::TorNotReady {
+                url: url.to_string(),
+                reason,
+            }),
+        )));
+    }
     // NIP-11 max_limit lowers the page limit; the document is fetched at most once a day.
     let mut caps = ctx.stores.state.caps(relay)?;
     let stale = caps
         .nip11_checked_at
         .is_none_or(|t| now() as i64 - t >= NIP11_REFRESH_SECS);
     if stale {
-        let t = Duration::from_secs(5).min(ctx.dialer.timeout());
+        // 5 s on clearnet; overlay circuits get their own (longer) connect timeout.
+        let t = match url.network() {
+            crate::protocol::url::Network::Clearnet => {
+                Duration::from_secs(5).min(ctx.dialer.timeout())
+            }
+            n => ctx.dialer.timeout_for(n),
+        };
         caps.max_limit = match crate::net::nip11::fetch(&ctx.dialer, url, t).await {
             Ok(info) => info.limitation.max_limit.filter(|m| *m > 0),
             Err(e) => {
