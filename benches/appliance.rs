@@ -159,19 +159,31 @@ async fn idle_rss(tor: Option<&str>) {
             on - off
         );
     }
-    // The same under qemu-user with the aarch64 build, when scripts/cross-build made it (the
+    // The same under qemu-user with the ARM builds, when scripts/cross-build made them (the
     // figure includes qemu's own translation cache: an upper bound for a real Pi).
-    let arm = PathBuf::from(BIN)
-        .ancestors()
-        .nth(2)
-        .map(|t| t.join("aarch64-unknown-linux-gnu/release/bigbrotr"))
-        .filter(|p| p.exists());
-    if let Some(arm) = arm {
-        let qemu = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"];
-        println!(
-            "idle `bigbrotr run` aarch64 under qemu-user (10 s): peak RSS {:.1} MB, qemu included",
-            idle_hwm_mb(&arm, &qemu, "").await
-        );
+    for (triple, qemu, sysroot) in [
+        (
+            "aarch64-unknown-linux-gnu",
+            "qemu-aarch64-static",
+            "/usr/aarch64-linux-gnu",
+        ),
+        (
+            "armv7-unknown-linux-gnueabihf",
+            "qemu-arm-static",
+            "/usr/arm-linux-gnueabihf",
+        ),
+    ] {
+        let arm = PathBuf::from(BIN)
+            .ancestors()
+            .nth(2)
+            .map(|t| t.join(triple).join("release/bigbrotr"))
+            .filter(|p| p.exists());
+        if let Some(arm) = arm {
+            println!(
+                "idle `bigbrotr run` {triple} under qemu-user (10 s), Tor off: peak RSS {:.1} MB, qemu included",
+                idle_hwm_mb(&arm, &[qemu, "-L", sysroot], "").await
+            );
+        }
     }
 }
 

@@ -760,16 +760,9 @@ async fn the_service_schedules_backs_off_and_publishes() {
     for url in [live.url.as_str(), dead] {
         assert!(node.run(&["relays", "add", url]).status.success());
     }
-    let mut child = node.cmd().arg("monitor").spawn().expect("spawn");
+    let child = node.cmd().arg("monitor").spawn().expect("spawn");
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let t = Instant::now();
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
-    assert!(t.elapsed() < Duration::from_secs(10), "stops promptly");
+    stop_gracefully(child, Duration::from_secs(10)).await;
     let count = |url: &str| {
         rusqlite_count(
             &node,

@@ -51,7 +51,7 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
     );
     std::fs::write(&node.config, cfg).expect("cfg");
 
-    let mut child = node.cmd().arg("run").spawn().expect("spawn");
+    let child = node.cmd().arg("run").spawn().expect("spawn");
     let want: std::collections::BTreeSet<String> = ids_of(&a_events)
         .union(&ids_of(&b_events))
         .cloned()
@@ -110,18 +110,7 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
     }
 
     // SIGTERM: finish in-flight work and exit 0 promptly.
-    let t = Instant::now();
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
-        .await
-        .expect("join");
-    assert!(exit.success(), "graceful stop exits 0: {exit:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "stop took {:?}",
-        t.elapsed()
-    );
+    stop_gracefully(child, Duration::from_secs(15)).await;
     assert_same_ids(&node.exported_ids(), &want);
     let st = node.status();
     assert_eq!(st["services"]["synchronizer"]["state"], "stopped");

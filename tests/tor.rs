@@ -257,19 +257,7 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
         }
 
         // Shutdown does not wait for a bootstrap that will never finish.
-        let t = Instant::now();
-        let mut child = child.0.take().expect("child");
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
-            .await
-            .expect("join");
-        assert!(exit.success(), "graceful stop exits 0: {exit:?}");
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "stop took {:?}",
-            t.elapsed()
-        );
+        stop_gracefully(child.0.take().expect("child"), Duration::from_secs(10)).await;
         let logs = std::fs::read_to_string(&log).expect("log");
         assert!(
             logs.contains("built-in Tor: bootstrapping in the background"),

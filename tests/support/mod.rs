@@ -260,3 +260,16 @@ impl CountingListener {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// SIGTERM a running node and assert it exits 0 within `within` (a graceful stop finishes the
+/// work in flight and never waits on anything unbounded).
+pub async fn stop_gracefully(mut child: std::process::Child, within: std::time::Duration) {
+    let t = std::time::Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let exit = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(exit.success(), "graceful stop exits 0: {exit:?}");
+    assert!(t.elapsed() < within, "stop took {:?}", t.elapsed());
+}
