@@ -699,7 +699,7 @@ impl Config {
         #[cfg(feature = "tor")]
         if self.tor.builtin(&self.network) {
             if let Err(e) = crate::net::tor::arti_config(self) {
-                return Err(bad("tor.arti", &e));
+                return Err(bad("tor.arti", e.trim_start_matches("tor.arti: ")));
             }
         }
         for host in &self.network.allow_hosts {
