@@ -42,14 +42,8 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
                 // No write test here: the monitor's test event would be archived too and change counts.
         "[finder]\ninterval_secs = 1\n[sync]\nlive_turn_secs = 2\nbackoff_min_secs = 1\n[monitor]\nwrite_test = false\ncheck_timeout_secs = 3\n",
     );
-    // Replace the test config's `[seeder] enabled = false` with a seed file naming only A.
-    let seeds = node.dir.path().join("seeds.txt");
-    std::fs::write(&seeds, format!("# test seeds\n{}\n", a.url)).expect("seeds");
-    let cfg = std::fs::read_to_string(&node.config).expect("cfg").replace(
-        "[seeder]\nenabled = false\n",
-        &format!("[seeder]\nenabled = true\nfile = \"{}\"\n", seeds.display()),
-    );
-    std::fs::write(&node.config, cfg).expect("cfg");
+    // A seed file naming only A.
+    node.seed_with(&[&a.url]);
 
     let child = node.cmd().arg("run").spawn().expect("spawn");
     let want: std::collections::BTreeSet<String> = ids_of(&a_events)

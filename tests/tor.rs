@@ -143,13 +143,7 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
             "[sync]\nbackoff_min_secs = 1\nlive_turn_secs = 2\n[monitor]\nwrite_test = false\ncheck_timeout_secs = 3\n{}",
             tor_loopback_config(dir_listener.port)
         ));
-        let seeds = node.dir.path().join("seeds.txt");
-        std::fs::write(&seeds, format!("{}\n{onion}\n", relay.url)).expect("seeds");
-        let cfg = std::fs::read_to_string(&node.config).expect("cfg").replace(
-            "[seeder]\nenabled = false\n",
-            &format!("[seeder]\nenabled = true\nfile = \"{}\"\n", seeds.display()),
-        );
-        std::fs::write(&node.config, cfg).expect("cfg");
+        node.seed_with(&[&relay.url, &onion]);
 
         let log = node.dir.path().join("run.log");
         let child = counted_dns_cmd(&node, &["run"])

@@ -114,6 +114,18 @@ impl Node {
         Node { dir, config }
     }
 
+    /// Turn the seeder on with a seed file naming exactly `urls` (replaces the test config's
+    /// `[seeder] enabled = false`).
+    pub fn seed_with(&self, urls: &[&str]) {
+        let seeds = self.dir.path().join("seeds.txt");
+        std::fs::write(&seeds, format!("# test seeds\n{}\n", urls.join("\n"))).expect("seeds");
+        let cfg = std::fs::read_to_string(&self.config).expect("cfg").replace(
+            "[seeder]\nenabled = false\n",
+            &format!("[seeder]\nenabled = true\nfile = \"{}\"\n", seeds.display()),
+        );
+        std::fs::write(&self.config, cfg).expect("cfg");
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
