@@ -44,10 +44,10 @@ impl Drop for Running {
     }
 }
 
-/// Run the synchronizer until shutdown.
 /// How soon an onion relay is tried again while the built-in Tor is still bootstrapping.
 const TOR_NOT_READY_RETRY_SECS: i64 = 60;
 
+/// Run the synchronizer until shutdown.
 pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_relays));
     let running: Arc<Mutex<HashSet<u32>>> = Arc::new(Mutex::new(HashSet::new()));
