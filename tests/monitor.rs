@@ -320,12 +320,7 @@ async fn hostile_nip11_documents_are_recorded_within_the_timeout() {
         let recorded = show["health"]["nip11_error"].as_str().unwrap_or_default();
         assert!(recorded.contains(want), "{path}: {show}");
         assert!(show["nip11"].is_null(), "{path}: no document kept: {show}");
-        let kinds: Vec<&str> = show["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["type"].as_str().unwrap())
-            .collect();
+        let kinds = history_kinds(&show);
         assert!(
             kinds.contains(&"nip11") && kinds.contains(&"nip66"),
             "{kinds:?}"
@@ -393,9 +388,7 @@ async fn sweeps_keep_status_history_and_uptime() {
         let reports = v.as_array().expect("one report per relay");
         assert_eq!(reports.len(), 3, "{v}");
         let status = |u: &str| {
-            reports
-                .iter()
-                .find(|r| r["url"] == u)
+            row_for(&v, u)
                 .map(|r| r["status"].as_str().unwrap_or("").to_string())
                 .unwrap()
         };
@@ -411,14 +404,7 @@ async fn sweeps_keep_status_history_and_uptime() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
     let list = json_of(&node.run(&["relays", "list", "--json"]));
-    let row = |u: &str| {
-        list.as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["url"] == u)
-            .cloned()
-            .unwrap()
-    };
+    let row = |u: &str| row_for(&list, u).unwrap();
     let r = row(&real.url);
     assert_eq!(r["status"], "online");
     assert_eq!(r["uptime_7d"], 1.0);
@@ -450,12 +436,7 @@ async fn sweeps_keep_status_history_and_uptime() {
     );
     assert_eq!(daily[0]["uptime"], 1.0, "{show}");
     assert!(daily[0]["up_secs"].as_i64().unwrap() >= 2, "{show}");
-    let kinds: Vec<&str> = show["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["type"].as_str().unwrap())
-        .collect();
+    let kinds = history_kinds(&show);
     assert_eq!(
         kinds.iter().filter(|k| **k == "nip11").count(),
         3,
@@ -820,4 +801,14 @@ async fn the_service_schedules_backs_off_and_publishes() {
         checked >= n_live,
         "service counters saved at stop: {checked}"
     );
+}
+
+/// The check types in `relays show --json`'s history.
+fn history_kinds(show: &serde_json::Value) -> Vec<&str> {
+    show["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["type"].as_str().unwrap())
+        .collect()
 }

@@ -83,10 +83,7 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
         let out = node.run(&["relays", "list", "--json"]);
         let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let of = |u: &str| {
-            list.as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["url"] == u)
+            row_for(&list, u)
                 .map(|r| r["status"].as_str().unwrap_or("").to_string())
                 .unwrap_or_default()
         };
@@ -110,13 +107,7 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
     assert_eq!(st["services"]["synchronizer"]["state"], "stopped");
     assert_eq!(st["services"]["finder"]["state"], "stopped");
     assert_eq!(st["services"]["monitor"]["state"], "stopped");
-    let onion_row = st["relays"]
-        .as_array()
-        .expect("relays")
-        .iter()
-        .find(|r| r["url"] == onion.as_str())
-        .cloned()
-        .expect("onion row");
+    let onion_row = row_for(&st["relays"], &onion).expect("onion row");
     assert!(
         onion_row["last_error"]
             .as_str()

@@ -122,12 +122,7 @@ fn relay_row(node: &Node, url: &str) -> serde_json::Value {
     let out = node.run(&["relays", "list", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    list.as_array()
-        .expect("array")
-        .iter()
-        .find(|r| r["url"] == url)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
+    row_for(&list, url).unwrap_or_default()
 }
 
 #[test]
@@ -222,13 +217,7 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
         let t = Instant::now();
         loop {
             let st = node.status();
-            let row = st["relays"]
-                .as_array()
-                .expect("relays")
-                .iter()
-                .find(|r| r["url"] == onion.as_str())
-                .cloned()
-                .expect("onion row");
+            let row = row_for(&st["relays"], &onion).expect("onion row");
             if row["last_error"]
                 .as_str()
                 .unwrap_or("")

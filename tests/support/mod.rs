@@ -285,3 +285,9 @@ pub async fn stop_gracefully(mut child: std::process::Child, within: std::time::
     assert!(exit.success(), "graceful stop exits 0: {exit:?}");
     assert!(t.elapsed() < within, "stop took {:?}", t.elapsed());
 }
+
+/// The row for `url` in a JSON array of relay rows (`relays list --json`, `status --json`'s
+/// `relays`, `monitor --once --json` reports).
+pub fn row_for(rows: &serde_json::Value, url: &str) -> Option<serde_json::Value> {
+    rows.as_array()?.iter().find(|r| r["url"] == url).cloned()
+}
