@@ -143,15 +143,35 @@ fn kill9(child: &mut Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_ship_loses_and_duplicates_nothing() {
-    let s = setup(12_000, "batch_size = 200\n").await;
+    let s = setup(12_000, "batch_size = 100\n").await;
+    let total = s.want.len() as u64;
     let mut kills = 0;
     for round in 0..10u64 {
+        let before = s.archived();
+        if before == total {
+            break;
+        }
         let mut child = s.spawn_ship(true);
-        // Kill at a different instant each round, while batches are in flight.
-        std::thread::sleep(Duration::from_millis(150 + round * 47 % 400));
-        if child.try_wait().expect("try_wait").is_none() {
-            kill9(&mut child);
-            kills += 1;
+        // Kill mid-ship whatever the machine's speed: once this round's first batch is in the
+        // archive (the next one is then in flight), plus a different 0-40 ms each round.
+        let t = Instant::now();
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            if s.archived() > before {
+                std::thread::sleep(Duration::from_millis(round * 13 % 41));
+                if child.try_wait().expect("try_wait").is_none() {
+                    kill9(&mut child);
+                    kills += 1;
+                }
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "round {round}: no batch reached the archive"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
         // The store opens without repair after every kill.
         let st = s.node.status();
