@@ -742,8 +742,6 @@ async fn the_service_schedules_backs_off_and_publishes() {
         assert!(node.run(&["relays", "add", url]).status.success());
     }
     let child = node.cmd().arg("monitor").spawn().expect("spawn");
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    stop_gracefully(child, Duration::from_secs(10)).await;
     let count = |url: &str| {
         rusqlite_count(
             &node,
@@ -753,13 +751,46 @@ async fn the_service_schedules_backs_off_and_publishes() {
             ),
         )
     };
+    // Run until the dead relay has been checked 4 times (0, 1, then 2 and 4 s of back-off:
+    // ~7 s), however fast the machine is.
+    let t = std::time::Instant::now();
+    while count(dead) < 4 || count(&live.url) < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "checks so far: live {}, dead {}",
+            count(&live.url),
+            count(dead)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop_gracefully(child, Duration::from_secs(30)).await;
     let (n_live, n_dead) = (count(&live.url), count(dead));
-    // Live: every second for ~8 s. Dead: offline after 2 failures, then 2, 4, 8 s apart.
+    // Live: every second. Dead: offline after 2 failures, then 2, 4, 8, 8... s apart (whole
+    // seconds: the next check is due `wait` seconds after the previous one's second).
     assert!(n_live >= 5, "live relay checked on schedule: {n_live}");
     assert!(
-        (2..=5).contains(&n_dead) && n_dead < n_live,
+        n_dead < n_live,
         "dead relay backed off: {n_dead} checks vs {n_live}"
     );
+    let out = std::process::Command::new("sqlite3")
+        .arg(node.data_dir().join("state.sqlite"))
+        .arg(format!(
+            "SELECT o.checked_at FROM observation o JOIN relay r ON r.id = o.relay_id
+             WHERE r.url = '{dead}' AND o.type IN ('open', 'nip66') ORDER BY o.checked_at"
+        ))
+        .output()
+        .expect("sqlite3");
+    let at: Vec<i64> = stdout(&out).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(at.len() as i64, n_dead, "{at:?}");
+    for (i, pair) in at.windows(2).enumerate().skip(1) {
+        let wait = (1i64 << i).min(8);
+        assert!(
+            pair[1] - pair[0] >= wait,
+            "check {} of the dead relay came {} s after the previous one, not >= {wait} s: {at:?}",
+            i + 2,
+            pair[1] - pair[0]
+        );
+    }
     let list = json_of(&node.run(&["relays", "list", "--json"]));
     let status: Vec<(String, String)> = list
         .as_array()

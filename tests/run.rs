@@ -101,7 +101,7 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
     }
 
     // SIGTERM: finish in-flight work and exit 0 promptly.
-    stop_gracefully(child, Duration::from_secs(15)).await;
+    stop_gracefully(child, Duration::from_secs(30)).await;
     assert_same_ids(&node.exported_ids(), &want);
     let st = node.status();
     assert_eq!(st["services"]["synchronizer"]["state"], "stopped");

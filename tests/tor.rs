@@ -212,7 +212,13 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
             assert!(t.elapsed() < Duration::from_secs(20), "onion row: {row}");
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert_eq!(relay_row(&node, &relay.url)["status"], "online");
+        // The clearnet relay's check ran meanwhile (not waiting for Tor either).
+        let t = Instant::now();
+        while relay_row(&node, &relay.url)["status"] != "online" {
+            let row = relay_row(&node, &relay.url);
+            assert!(t.elapsed() < Duration::from_secs(20), "clearnet row: {row}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         // The synchronizer defers it too, without blaming the relay: not offline.
         let t = Instant::now();
         loop {
@@ -240,7 +246,7 @@ fn run_bootstraps_tor_in_the_background_without_delaying_clearnet_or_shutdown() 
         }
 
         // Shutdown does not wait for a bootstrap that will never finish.
-        stop_gracefully(child.0.take().expect("child"), Duration::from_secs(10)).await;
+        stop_gracefully(child.0.take().expect("child"), Duration::from_secs(30)).await;
         let logs = std::fs::read_to_string(&log).expect("log");
         assert!(
             logs.contains("built-in Tor: bootstrapping in the background"),
@@ -271,7 +277,7 @@ fn one_shot_sync_of_an_onion_relay_waits_for_tor_then_fails_clearly() {
         let dir_listener = CountingListener::start();
         let queries = dns_counter();
         let node = Node::new(&tor_loopback_config(dir_listener.port));
-        set_overlay_timeout(&node, 4);
+        set_overlay_timeout(&node, 8);
         let t = Instant::now();
         let url = onion_url();
         let mut cmd = counted_dns_cmd(
@@ -293,7 +299,7 @@ fn one_shot_sync_of_an_onion_relay_waits_for_tor_then_fails_clearly() {
         // It waited for Tor once (network.overlay_connect_timeout_secs), not once per dial
         // (NIP-11, then the websocket) and not forever.
         assert!(
-            took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+            took >= Duration::from_secs(8) && took < Duration::from_secs(16),
             "took {took:?}"
         );
         assert!(dir_listener.count() > 0, "the bootstrap was started");
