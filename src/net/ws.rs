@@ -42,6 +42,10 @@ impl WsConnection {
         url: &RelayUrl,
         max_message_bytes: usize,
     ) -> Result<WsConnection, WsError> {
+        // One limit for the whole opening (docs/CONFIG.md: TCP + TLS + websocket handshake):
+        // the handshake gets what the dial left of it.
+        let after = dialer.timeout_for(url.network());
+        let deadline = tokio::time::Instant::now() + after;
         let tcp = dialer.connect(url).await?;
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
@@ -55,8 +59,7 @@ impl WsConnection {
             Some(config),
             Some(Connector::Rustls(super::tls::client_config())),
         );
-        let after = dialer.timeout_for(url.network());
-        let (stream, _resp) = tokio::time::timeout(after, handshake)
+        let (stream, _resp) = tokio::time::timeout_at(deadline, handshake)
             .await
             .map_err(|_| WsError::HandshakeTimeout {
                 url: url.to_string(),
@@ -113,5 +116,58 @@ impl WsConnection {
 
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.close(None)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dialer::Routes;
+    use crate::protocol::url::{parse_relay_url, UrlPolicy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A slow dial (a SOCKS5 proxy that takes 3 s to answer, as a Tor circuit can) to a relay
+    /// that never answers the websocket upgrade: the opening fails when the one connect limit
+    /// (4 s) is spent, not after the dial's 3 s plus a fresh 4 s for the handshake. The proxy
+    /// is a mock: no real one stalls on demand.
+    #[tokio::test]
+    async fn one_limit_covers_the_dial_and_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf).await; // method greeting
+            tokio::time::sleep(Duration::from_millis(3000)).await;
+            s.write_all(&[5, 0]).await.unwrap();
+            let _ = s.read(&mut buf).await; // CONNECT
+            s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 80])
+                .await
+                .unwrap();
+            // Read the upgrade request and never answer it.
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let dialer =
+            Dialer::new(UrlPolicy::default(), Duration::from_secs(15)).with_routes(Routes {
+                tor: Some(proxy),
+                overlay_timeout: Some(Duration::from_secs(4)),
+                ..Routes::default()
+            });
+        let url = parse_relay_url(
+            &format!("ws://{}.onion", "b".repeat(56)),
+            &UrlPolicy::default(),
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let err = WsConnection::connect(&dialer, &url, 1 << 20)
+            .await
+            .err()
+            .expect("the relay never answers");
+        let took = t.elapsed();
+        assert!(matches!(err, WsError::HandshakeTimeout { .. }), "{err}");
+        assert!(
+            took >= Duration::from_secs(4) && took < Duration::from_millis(6000),
+            "took {took:?} (a fresh limit for the handshake would make it 7 s)"
+        );
     }
 }
