@@ -177,6 +177,7 @@ async fn kill_9_mid_ship_loses_and_duplicates_nothing() {
         let st = s.node.status();
         assert!(st["spool_depth"].as_u64().is_some());
     }
+    eprintln!("killed {kills} times mid-work");
     assert!(kills >= 3, "the node was killed mid-ship ({kills} times)");
     let out = s.ship_once();
     assert!(out.status.success(), "final ship: {}", stderr(&out));

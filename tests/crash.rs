@@ -56,6 +56,7 @@ async fn kill_dash_nine_never_loses_acknowledged_events() {
             break;
         }
     }
+    eprintln!("killed {kills} times mid-work");
     assert!(
         kills >= 3,
         "the node must actually be killed mid-sync ({kills} kills)"

@@ -43,20 +43,30 @@ fn proxy(dir: &Path, names: &[&str]) -> (Proxy, u16) {
         text.push_str(&format!("127.0.0.1 {n}\n"));
     }
     std::fs::write(&hosts, text).unwrap();
-    let port = free_port();
-    let child = in_namespace(
-        &[(&hosts, "/etc/hosts")],
-        "microsocks",
-        &["-i", "127.0.0.1", "-p", &port.to_string()],
-    )
-    .spawn()
-    .expect("microsocks (scripts/bootstrap installs it) and unshare");
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "proxy did not start");
+    // A port picked free can be taken before microsocks binds it: then it exits, and the
+    // proxy is started again on another port.
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = in_namespace(
+            &[(&hosts, "/etc/hosts")],
+            "microsocks",
+            &["-i", "127.0.0.1", "-p", &port.to_string()],
+        )
+        .spawn()
+        .expect("microsocks (scripts/bootstrap installs it) and unshare");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            && child.try_wait().expect("try_wait").is_none()
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "proxy did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         std::thread::sleep(Duration::from_millis(50));
+        if child.try_wait().expect("try_wait").is_none() {
+            return (Proxy(child), port);
+        }
     }
-    (Proxy(child), port)
+    panic!("microsocks exited five times (ports taken?)");
 }
 
 /// Run bigbrotr in a namespace that cannot resolve the overlay names except by asking the
