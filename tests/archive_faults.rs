@@ -133,14 +133,6 @@ impl Setup {
     }
 }
 
-fn kill9(child: &mut Child) {
-    // SIGKILL: no shutdown path runs.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
-    let _ = child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_ship_loses_and_duplicates_nothing() {
     let s = setup(12_000, "batch_size = 100\n").await;
@@ -152,26 +144,9 @@ async fn kill_9_mid_ship_loses_and_duplicates_nothing() {
             break;
         }
         let mut child = s.spawn_ship(true);
-        // Kill mid-ship whatever the machine's speed: once this round's first batch is in the
-        // archive (the next one is then in flight), plus a different 0-40 ms each round.
-        let t = Instant::now();
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break;
-            }
-            if s.archived() > before {
-                std::thread::sleep(Duration::from_millis(round * 13 % 41));
-                if child.try_wait().expect("try_wait").is_none() {
-                    kill9(&mut child);
-                    kills += 1;
-                }
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "round {round}: no batch reached the archive"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        // Killed once this round's first batch is in the archive (the next one is in flight).
+        if kill_after_progress(&mut child, round, || s.archived() > before) == Round::Killed {
+            kills += 1;
         }
         // The store opens without repair after every kill.
         let st = s.node.status();

@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use bigbrotr::store::{EventStore, EventStoreOptions, State};
 use support::*;
@@ -19,7 +18,7 @@ async fn kill_dash_nine_never_loses_acknowledged_events() {
     let relay = local_relay(&events, RelayOpts::default()).await;
     let node = Node::new("[sync]\npage_limit = 20\n");
     let mut kills = 0;
-    for round in 0..10 {
+    for round in 0..10u64 {
         let before = cursor_mark(&node);
         let mut child = node
             .cmd()
@@ -28,31 +27,16 @@ async fn kill_dash_nine_never_loses_acknowledged_events() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn");
-        // Kill mid-sync whatever the machine's speed: once this round has moved the cursor (a
-        // page is stored, the next ones are in flight), plus a different 0-40 ms each round.
-        let t = Instant::now();
-        let finished = loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                break true;
-            }
+        // Killed once this round has moved the cursor (a page is stored, more are in flight).
+        let end = kill_after_progress(&mut child, round, || {
             let now = cursor_mark(&node);
-            if now.is_some() && now != before {
-                tokio::time::sleep(Duration::from_millis(round as u64 * 13 % 41)).await;
-                if child.try_wait().expect("try_wait").is_none() {
-                    child.kill().expect("SIGKILL");
-                    kills += 1;
-                }
-                break false;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "round {round}: the cursor never moved"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
-        let _ = child.wait();
+            now.is_some() && now != before
+        });
+        if end == Round::Killed {
+            kills += 1;
+        }
         check_cursor_never_passes_unstored(&node, &events, round);
-        if finished {
+        if end == Round::Finished {
             break;
         }
     }
@@ -66,24 +50,13 @@ async fn kill_dash_nine_never_loses_acknowledged_events() {
     assert_same_ids(&node.exported_ids(), &ids_of(&events));
 }
 
-/// The sync cursor as a string, read the way an operator would (the sqlite3 shell, read-only,
-/// beside the running node); `None` before the node created its state.
+/// The sync cursor as a string; `None` before the node created it.
 fn cursor_mark(node: &Node) -> Option<String> {
-    let db = node.data_dir().join("state.sqlite");
-    if !db.exists() {
-        return None;
-    }
-    let out = std::process::Command::new("sqlite3")
-        .args(["-readonly", "-cmd", ".timeout 2000"])
-        .arg(&db)
-        .arg("SELECT group_concat(relay_id || ':' || ifnull(done_until, '') || ':' || ifnull(pass_top, '') || ':' || ifnull(pass_frontier, ''), ' ') FROM sync_cursor")
-        .output()
-        .expect("sqlite3 (installed by scripts/bootstrap)");
-    let mark = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !mark.is_empty()).then_some(mark)
+    node.sqlite("SELECT group_concat(relay_id || ':' || ifnull(done_until, '') || ':' || ifnull(pass_top, '') || ':' || ifnull(pass_frontier, ''), ' ') FROM sync_cursor")
+        .filter(|m| !m.is_empty())
 }
 
-fn check_cursor_never_passes_unstored(node: &Node, events: &[nostr::Event], round: usize) {
+fn check_cursor_never_passes_unstored(node: &Node, events: &[nostr::Event], round: u64) {
     let data = node.data_dir();
     if !data.join("state.sqlite").exists() {
         return;

@@ -464,13 +464,8 @@ async fn sweeps_keep_status_history_and_uptime() {
 }
 
 fn rusqlite_count(node: &Node, sql: &str) -> i64 {
-    let out = std::process::Command::new("sqlite3")
-        .arg(node.data_dir().join("state.sqlite"))
-        .arg(sql)
-        .output()
-        .expect("sqlite3 (installed by scripts/bootstrap)");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
+    node.sqlite(sql)
+        .expect("state.sqlite")
         .parse()
         .expect("a count")
 }
@@ -772,15 +767,15 @@ async fn the_service_schedules_backs_off_and_publishes() {
         n_dead < n_live,
         "dead relay backed off: {n_dead} checks vs {n_live}"
     );
-    let out = std::process::Command::new("sqlite3")
-        .arg(node.data_dir().join("state.sqlite"))
-        .arg(format!(
+    let at: Vec<i64> = node
+        .sqlite(&format!(
             "SELECT o.checked_at FROM observation o JOIN relay r ON r.id = o.relay_id
              WHERE r.url = '{dead}' AND o.type IN ('open', 'nip66') ORDER BY o.checked_at"
         ))
-        .output()
-        .expect("sqlite3");
-    let at: Vec<i64> = stdout(&out).lines().map(|l| l.parse().unwrap()).collect();
+        .expect("state.sqlite")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
     assert_eq!(at.len() as i64, n_dead, "{at:?}");
     for (i, pair) in at.windows(2).enumerate().skip(1) {
         let wait = (1i64 << i).min(8);

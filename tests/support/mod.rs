@@ -179,6 +179,65 @@ impl Node {
         assert!(out.status.success(), "status failed: {}", stderr(&out));
         serde_json::from_slice(&out.stdout).expect("status json")
     }
+
+    /// `sql` on the node's state.sqlite, read the way an operator would (the sqlite3 shell,
+    /// read-only, safe beside a running node): its trimmed output, or `None` before the node
+    /// created its state or when sqlite3 fails.
+    pub fn sqlite(&self, sql: &str) -> Option<String> {
+        let db = self.data_dir().join("state.sqlite");
+        if !db.exists() {
+            return None;
+        }
+        let out = Command::new("sqlite3")
+            .args(["-readonly", "-cmd", ".timeout 2000"])
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .expect("sqlite3 (installed by scripts/bootstrap)");
+        out.status
+            .success()
+            .then(|| stdout(&out).trim().to_string())
+    }
+}
+
+/// How a round of a kill -9 test ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Round {
+    Killed,
+    /// The child exited on its own: the work was done.
+    Finished,
+}
+
+/// SIGKILL `child` mid-work whatever the machine's speed: once `progressed()` says this round got
+/// somewhere (more work is then in flight), plus a different 0-40 ms for each `round`. Polls
+/// every 5 ms and fails after 60 s without progress. The child is reaped either way.
+pub fn kill_after_progress(
+    child: &mut std::process::Child,
+    round: u64,
+    mut progressed: impl FnMut() -> bool,
+) -> Round {
+    let t = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return Round::Finished;
+        }
+        if progressed() {
+            std::thread::sleep(std::time::Duration::from_millis(round * 13 % 41));
+            // SIGKILL: no shutdown path runs.
+            let killed = child.try_wait().expect("try_wait").is_none() && child.kill().is_ok();
+            let _ = child.wait();
+            return if killed {
+                Round::Killed
+            } else {
+                Round::Finished
+            };
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "round {round}: no progress in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 pub fn stderr(o: &Output) -> String {
