@@ -414,3 +414,79 @@ async fn nip11_max_limit_lowers_the_page_limit() {
         "pages ask for NIP-11 max_limit, not 500"
     );
 }
+
+/// A relay whose answers are correct newest-first but carry a few matching events from far
+/// older (unsorted storage, stale caches). The oldest event of a page then proves nothing: a
+/// pass that trusted it skipped everything between and still said "complete" (seen: 4,393 of
+/// 19,999 events). With the node asking exactly the clamp, the limit-th newest bounds the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_old_events_never_let_a_pass_skip_history() {
+    let events = raw_notes(3_000, &keys(3), |i| T0 + i as u64);
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            stray_older: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    archives_completely(&node, &relay.url(), &ids(&events)).await;
+}
+
+/// The same relay behind a silent clamp below the asked limit (no NIP-11): the limit-th
+/// newest does not help, so the hole between the answer and its strays is asked for directly,
+/// the relay is caught, and its windows are narrowed until answers are short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_old_events_behind_a_silent_clamp_mark_the_relay_misordered() {
+    let events = raw_notes(3_000, &keys(3), |i| T0 + i as u64);
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            stray_older: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = Node::new("[sync]\npage_timeout_secs = 3\npage_limit = 1000\n");
+    archives_completely(&node, &relay.url(), &ids(&events)).await;
+    let misordered =
+        node.sqlite("SELECT misordered_cap FROM relay WHERE misordered_at IS NOT NULL");
+    assert_eq!(
+        misordered.as_deref(),
+        Some("500"),
+        "the relay is recorded as misordered, with its honest answer size"
+    );
+    // The careful mode costs requests, but not one per event.
+    assert!(relay.reqs() < 200, "{} REQs for 3,000 events", relay.reqs());
+}
+
+/// A relay that ignores since/until answers every page with the same newest events; once the
+/// frontier is below them, a full page holds nothing inside the window. That is no proof that
+/// the window is empty: the pass must not be reported complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_ignoring_the_window_never_completes_a_pass() {
+    let events = raw_notes(1_200, &keys(3), |i| T0 + i as u64);
+    let newest: Vec<RawEvent> = events[events.len() - 500..].to_vec();
+    // Every answer: the 500 newest events, whatever the window asked.
+    let relay = HostileRelay::start(
+        Vec::new(),
+        Options {
+            outside_filter: newest,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_no_retry(&relay.url()).await;
+    assert!(
+        !out.status.success(),
+        "a relay that ignores since/until was reported complete: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("ignores since/until"),
+        "the error names the cause: {}",
+        stderr(&out)
+    );
+}

@@ -31,6 +31,8 @@ pub enum StateError {
     },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("state database task failed: {0}")]
+    Task(String),
 }
 
 const SCHEMA: &[&str] = &[
@@ -78,7 +80,34 @@ const SCHEMA: &[&str] = &[
     "ALTER TABLE relay ADD COLUMN nip11_checked_at INTEGER;",
     // version 3: the monitor (see store/health.rs)
     super::health::SCHEMA_V3,
+    // version 4: verdicts expire (when each was given), and relays whose answers were caught
+    // out of order (see services/sync/session.rs)
+    "ALTER TABLE relay ADD COLUMN count_checked_at INTEGER;
+    ALTER TABLE relay ADD COLUMN negentropy_checked_at INTEGER;
+    ALTER TABLE relay ADD COLUMN misordered_at INTEGER;
+    ALTER TABLE relay ADD COLUMN misordered_cap INTEGER;
+    CREATE INDEX relay_due_known ON relay (next_attempt_at, id) WHERE last_success_at IS NOT NULL;
+    CREATE INDEX relay_due_new ON relay (next_attempt_at, id) WHERE last_success_at IS NULL;
+    CREATE INDEX observation_document ON observation (document_id);
+    CREATE INDEX relay_health_nip11 ON relay_health (nip11_id);
+    CREATE INDEX relay_health_nip66 ON relay_health (nip66_id);
+    CREATE INDEX uptime_day_day ON uptime_day (day);",
 ];
+
+/// Relays due for a sync session that have answered before (by the `relay_due_known` index),
+/// then those never reached (`relay_due_new`): see [`State::due_relays`].
+pub(super) const DUE_RELAYS: &str = "SELECT id, url, network, source, discovered_at, status,
+        failures, last_error, last_success_at, next_attempt_at FROM relay
+     WHERE next_attempt_at <= ?1 AND last_success_at IS NOT NULL
+     ORDER BY next_attempt_at, id LIMIT ?2";
+pub(super) const DUE_NEW_RELAYS: &str = "SELECT id, url, network, source, discovered_at, status,
+        failures, last_error, last_success_at, next_attempt_at FROM relay
+     WHERE next_attempt_at <= ?1 AND last_success_at IS NULL
+     ORDER BY next_attempt_at, id LIMIT ?2";
+
+/// How long a relay's refusal of COUNT or NIP-77, or its caught-out-of-order verdict, stands
+/// before it is tested again (relays are upgraded; a verdict must not be forever).
+pub const VERDICT_TTL_SECS: i64 = 7 * 86_400;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayRow {
@@ -121,13 +150,67 @@ pub struct RelayCaps {
     pub max_limit: Option<u64>,
     /// When the NIP-11 document was last fetched, unix seconds.
     pub nip11_checked_at: Option<i64>,
+    /// `Some(false)` only for a refusal that answered our request, and only for
+    /// [`VERDICT_TTL_SECS`] after `count_checked_at` (older verdicts read back as `None`).
     pub supports_count: Option<bool>,
+    pub count_checked_at: Option<i64>,
     pub supports_negentropy: Option<bool>,
+    pub negentropy_checked_at: Option<i64>,
+    /// When this relay was last caught sending events out of newest-first order (a page held
+    /// events older than ones it left out); `None` once [`VERDICT_TTL_SECS`] have passed.
+    pub misordered_at: Option<i64>,
+    /// How many events the relay's honest part of that answer held: a lower bound of its clamp.
+    pub misordered_cap: Option<u64>,
+}
+
+impl RelayCaps {
+    /// Record a verdict on COUNT (`Some(false)`: refused) given now.
+    pub fn set_count(&mut self, v: bool) {
+        self.supports_count = Some(v);
+        self.count_checked_at = Some(now());
+    }
+
+    /// Record a verdict on NIP-77 given now.
+    pub fn set_negentropy(&mut self, v: bool) {
+        self.supports_negentropy = Some(v);
+        self.negentropy_checked_at = Some(now());
+    }
+
+    /// Drop "no" verdicts (and the out-of-order mark) older than [`VERDICT_TTL_SECS`] at `at`.
+    fn expire(&mut self, at: i64) {
+        let stale = |t: Option<i64>| t.is_none_or(|t| at - t >= VERDICT_TTL_SECS);
+        if self.supports_count == Some(false) && stale(self.count_checked_at) {
+            self.supports_count = None;
+        }
+        if self.supports_negentropy == Some(false) && stale(self.negentropy_checked_at) {
+            self.supports_negentropy = None;
+        }
+        if self.misordered_at.is_some() && stale(self.misordered_at) {
+            self.misordered_at = None;
+            self.misordered_cap = None;
+        }
+    }
 }
 
 pub struct State {
     /// One connection: SQLite serializes writers anyway, and every statement here is short.
     conn: Mutex<Connection>,
+}
+
+/// Run `f` with `synchronous = FULL`: its commit is fsynced before it returns. The connection
+/// otherwise runs with `NORMAL` (WAL commits become durable at the next checkpoint, losing at
+/// most the last moments on a power cut: cursors and checks, which are simply redone). Relay
+/// registrations cannot be redone that way: RocksDB records (sightings) refer to relays by
+/// rowid and are fsynced, so a registration lost to a power cut would let the rowid be given
+/// to another URL and the sightings be attributed to the wrong relay.
+fn durably<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StateError>,
+) -> Result<T, StateError> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let r = f(conn);
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    r
 }
 
 pub(super) fn now() -> i64 {
@@ -178,10 +261,11 @@ impl State {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a relay; returns (id, newly inserted).
+    /// Register a relay; returns (id, newly inserted). Durable when it returns (see
+    /// [`durably`]).
     pub fn add_relay(&self, url: &RelayUrl, source: &str) -> Result<(u32, bool), StateError> {
         let conn = self.conn();
-        add_relay_on(&conn, url, source)
+        durably(&conn, |c| add_relay_on(c, url, source))
     }
 
     /// Register relays and set a service watermark in one transaction.
@@ -194,6 +278,21 @@ impl State {
         value: &str,
     ) -> Result<usize, StateError> {
         let mut conn = self.conn();
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let r = self.register_on(&mut conn, urls, source, service, key, value);
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        r
+    }
+
+    fn register_on(
+        &self,
+        conn: &mut Connection,
+        urls: &[RelayUrl],
+        source: &str,
+        service: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<usize, StateError> {
         let tx = conn.transaction()?;
         let mut added = 0;
         for url in urls {
@@ -204,6 +303,19 @@ impl State {
         set_state_on(&tx, service, key, value)?;
         tx.commit()?;
         Ok(added)
+    }
+
+    /// Those of `urls` not registered yet (one indexed lookup each, under one lock).
+    pub fn unknown_urls(&self, urls: &[RelayUrl]) -> Result<Vec<RelayUrl>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT 1 FROM relay WHERE url = ?1")?;
+        let mut out = Vec::new();
+        for u in urls {
+            if !st.exists([u.as_str()])? {
+                out.push(u.clone());
+            }
+        }
+        Ok(out)
     }
 
     pub fn relays(&self) -> Result<Vec<RelayRow>, StateError> {
@@ -242,15 +354,21 @@ impl State {
     }
 
     /// Relays whose next attempt is due, soonest first.
+    /// Relays due at `at`: up to `max` that have answered a session before, most overdue first,
+    /// then up to `max` never reached. Known-good relays come first so that a flood of
+    /// registered junk cannot delay them (the scheduler also caps the sessions given to
+    /// never-reached relays).
     pub fn due_relays(&self, at: i64, max: usize) -> Result<Vec<RelayRow>, StateError> {
         let conn = self.conn();
-        let mut st = conn.prepare(
-            "SELECT id, url, network, source, discovered_at, status, failures, last_error,
-                    last_success_at, next_attempt_at FROM relay
-             WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![at, max as i64], row_to_relay)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        for sql in [DUE_RELAYS, DUE_NEW_RELAYS] {
+            let mut st = conn.prepare_cached(sql)?;
+            let rows = st.query_map(params![at, max as i64], row_to_relay)?;
+            for r in rows {
+                out.push(r?);
+            }
+        }
+        Ok(out)
     }
 
     /// A session with the relay worked: reset failures, come back after `next_in` seconds.
@@ -300,17 +418,54 @@ impl State {
             })?)
     }
 
+    /// Times written while the clock was ahead (a bad RTC, a wrong NTP answer) that lie more
+    /// than `slack` seconds after `at`: schedules become due now, and a cursor whose proof
+    /// reaches into the future is distrusted entirely (the pass that wrote it ran at an
+    /// unknown real time, so what it proved is unknown): that relay's history is walked again,
+    /// which costs wire, not storage (stored events are deduplicated). Returns how many relay
+    /// cursors were reset.
+    pub fn repair_future_times(&self, at: i64, slack: i64) -> Result<usize, StateError> {
+        let limit = at + slack;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE relay SET next_attempt_at = ?1 WHERE next_attempt_at > ?2",
+            params![at, limit],
+        )?;
+        tx.execute(
+            "UPDATE relay_health SET next_open_at = min(next_open_at, ?1),
+                next_nip11_at = min(next_nip11_at, ?1), next_nip66_at = min(next_nip66_at, ?1)
+             WHERE next_open_at > ?2 OR next_nip11_at > ?2 OR next_nip66_at > ?2",
+            params![at, limit],
+        )?;
+        let cursors = tx.execute(
+            "UPDATE sync_cursor SET done_until = NULL, pass_top = NULL, pass_frontier = NULL
+             WHERE done_until > ?1 OR pass_top > ?1",
+            [limit],
+        )?;
+        tx.commit()?;
+        Ok(cursors)
+    }
+
     pub fn caps(&self, id: u32) -> Result<RelayCaps, StateError> {
         Ok(self.conn().query_row(
-            "SELECT max_limit, supports_count, supports_negentropy, nip11_checked_at FROM relay WHERE id = ?1",
+            "SELECT max_limit, supports_count, supports_negentropy, nip11_checked_at,
+                count_checked_at, negentropy_checked_at, misordered_at, misordered_cap
+             FROM relay WHERE id = ?1",
             [id],
             |r| {
-                Ok(RelayCaps {
+                let mut caps = RelayCaps {
                     max_limit: r.get::<_, Option<i64>>(0)?.map(|v| v.max(1) as u64),
                     supports_count: r.get(1)?,
                     supports_negentropy: r.get(2)?,
                     nip11_checked_at: r.get(3)?,
-                })
+                    count_checked_at: r.get(4)?,
+                    negentropy_checked_at: r.get(5)?,
+                    misordered_at: r.get(6)?,
+                    misordered_cap: r.get::<_, Option<i64>>(7)?.map(|v| v.max(1) as u64),
+                };
+                caps.expire(now());
+                Ok(caps)
             },
         )?)
     }
@@ -318,13 +473,18 @@ impl State {
     pub fn set_caps(&self, id: u32, caps: &RelayCaps) -> Result<(), StateError> {
         self.conn().execute(
             "UPDATE relay SET max_limit = ?2, supports_count = ?3, supports_negentropy = ?4,
-                nip11_checked_at = ?5 WHERE id = ?1",
+                nip11_checked_at = ?5, count_checked_at = ?6, negentropy_checked_at = ?7,
+                misordered_at = ?8, misordered_cap = ?9 WHERE id = ?1",
             params![
                 id,
                 caps.max_limit.map(|v| v as i64),
                 caps.supports_count,
                 caps.supports_negentropy,
-                caps.nip11_checked_at
+                caps.nip11_checked_at,
+                caps.count_checked_at,
+                caps.negentropy_checked_at,
+                caps.misordered_at,
+                caps.misordered_cap.map(|v| v as i64)
             ],
         )?;
         Ok(())
@@ -497,6 +657,51 @@ pub(super) fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use crate::protocol::url::normalize;
+
+    #[test]
+    fn times_from_a_clock_that_ran_ahead_are_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.sqlite")).unwrap();
+        let (a, _) = st
+            .add_relay(&normalize("wss://a.example.com").unwrap(), "t")
+            .unwrap();
+        let (b, _) = st
+            .add_relay(&normalize("wss://b.example.com").unwrap(), "t")
+            .unwrap();
+        let t = 1_800_000_000;
+        let ahead = Cursor {
+            done_until: Some(t + 86_400 * 365),
+            pass_top: None,
+            pass_frontier: None,
+        };
+        let fine = Cursor {
+            done_until: Some(t - 10),
+            pass_top: Some(t),
+            pass_frontier: Some(t - 5),
+        };
+        st.set_cursor(a, &ahead, 0, 0).unwrap();
+        st.set_cursor(b, &fine, 0, 0).unwrap();
+        st.conn()
+            .execute(
+                "UPDATE relay SET next_attempt_at = ?1",
+                [(t + 86_400 * 365) as i64],
+            )
+            .unwrap();
+        assert_eq!(st.repair_future_times(t as i64, 3_600).unwrap(), 1);
+        assert_eq!(st.cursor(a).unwrap(), Cursor::default());
+        assert_eq!(
+            st.cursor(b).unwrap(),
+            fine,
+            "a cursor in the past is left alone"
+        );
+        let due: Vec<u32> = st
+            .due_relays(t as i64, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(due.len(), 2, "both relays are due again now");
+    }
 
     #[test]
     fn registry_cursor_and_watermark() {

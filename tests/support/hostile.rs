@@ -109,6 +109,10 @@ pub struct Options {
     pub hide_after_limit: Option<String>,
     /// NIP-11 document served (200, application/nostr+json) to plain GETs instead of a 404.
     pub nip11: Option<String>,
+    /// Append to every REQ answer this many stored events that match its filters but were
+    /// left out of it, the oldest ones (as relays with unsorted storage, buggy ordering or
+    /// stale caches do): the answer is correct newest-first, plus a few strays from far older.
+    pub stray_older: usize,
 }
 
 impl Default for Options {
@@ -125,6 +129,7 @@ impl Default for Options {
             hide_after_limit: None,
             nip11: None,
             closed_reason: None,
+            stray_older: 0,
         }
     }
 }
@@ -610,7 +615,17 @@ impl Conn {
             self.notice(&notice).await?;
         }
         let store = shared.snapshot();
-        let answer = select_events(&store, &filters, opts.clamp);
+        let mut answer = select_events(&store, &filters, opts.clamp);
+        if opts.stray_older > 0 {
+            let sent: BTreeSet<usize> = answer.iter().copied().collect();
+            let mut left_out: Vec<usize> = matching_indices(&store, &filters)
+                .into_iter()
+                .filter(|i| !sent.contains(i))
+                .collect();
+            sort_newest_first(&store, &mut left_out);
+            let strays = left_out.len().saturating_sub(opts.stray_older);
+            answer.extend_from_slice(&left_out[strays..]);
+        }
         let hidden = |e: &&RawEvent| {
             opts.hide_after_limit
                 .as_deref()

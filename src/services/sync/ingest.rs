@@ -29,10 +29,11 @@ pub struct PageResult {
     pub outside_filter: u64,
     /// Signatures verified (copies not already stored).
     pub verified: u64,
-    /// Oldest `created_at` the relay answered inside the asked window, counting every event it
-    /// sent there (valid, ephemeral, or invalid with a readable `created_at`): the relay ranked
-    /// its newest-first answer by these values, so they bound what the answer proves.
-    pub oldest_answered: Option<u64>,
+    /// The `created_at` of every event the relay sent inside the asked window (valid,
+    /// ephemeral, or invalid with a readable `created_at`), newest first: the relay ranked its
+    /// newest-first answer by these values, so they bound what the answer proves. Duplicates
+    /// included (each occupied a slot of the answer).
+    pub answered: Vec<u64>,
     pub write: WriteStats,
 }
 
@@ -51,11 +52,13 @@ impl PageResult {
             f.since.is_none_or(|s| created_at >= s) && f.until.is_none_or(|u| created_at <= u)
         });
         if in_window {
-            self.oldest_answered = Some(
-                self.oldest_answered
-                    .map_or(created_at, |o| o.min(created_at)),
-            );
+            self.answered.push(created_at);
         }
+    }
+
+    /// Oldest `created_at` answered inside the window.
+    pub fn oldest_answered(&self) -> Option<u64> {
+        self.answered.last().copied()
     }
 }
 
@@ -139,6 +142,7 @@ pub fn ingest(
         known.push(is_known);
     }
     res.write = store.write_page(relay, seen_at, &events, &known, Some(generation))?;
+    res.answered.sort_unstable_by(|a, b| b.cmp(a));
     Ok(res)
 }
 

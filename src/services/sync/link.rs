@@ -36,11 +36,42 @@ pub enum LinkError {
 /// offering NIP-77 for this window (memory bound against a relay that keeps answering).
 const MAX_NEGENTROPY_NEED: usize = 100_000;
 
+/// How a relay met a COUNT or NEG-OPEN. Only a message that answers the request itself is a
+/// verdict on the feature; silence (or a NOTICE about something else) says nothing lasting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    Answered(T),
+    /// CLOSED or NEG-ERR for this subscription, or a NOTICE naming the verb.
+    Refused,
+    /// No answer before the deadline.
+    Silent,
+}
+
+/// A NOTICE that names `verb` (e.g. "unknown command COUNT") answers a request with that verb.
+fn notice_names(message: &str, verb: &str) -> bool {
+    message.to_ascii_uppercase().contains(verb)
+}
+
 /// The raw answer to one REQ.
 #[derive(Debug, Default)]
 pub struct RawPage {
     /// Full text frames of `["EVENT", sub, ...]` messages, unparsed.
     pub frames: Vec<String>,
+    /// The node-wide buffer budget these frames hold (released when the page is dropped).
+    pub permits: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Take `bytes` (rounded up to KiB) from the node-wide buffer budget, waiting for room.
+pub async fn take_budget(
+    budget: &std::sync::Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, LinkError> {
+    let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| LinkError::Closed("shutting down".into()))
 }
 
 pub struct Link {
@@ -51,6 +82,8 @@ pub struct Link {
     /// Bytes of event frames one page may buffer (memory bound: a relay can send up to
     /// `limit` frames of `max_message_bytes` each); the session lowers its limit when hit.
     max_page_bytes: usize,
+    /// The node-wide budget of buffered event bytes (KiB permits), see `SyncContext`.
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
     next_sub: u64,
     /// NOTICE messages seen on this link (a flood is a fact about the relay, not log spam).
     pub notices: u64,
@@ -67,6 +100,7 @@ impl Link {
         keys: Option<Keys>,
         page_timeout: Duration,
         max_page_bytes: usize,
+        budget: std::sync::Arc<tokio::sync::Semaphore>,
     ) -> Result<Link, LinkError> {
         let conn = WsConnection::connect(dialer, url, max_message_bytes).await?;
         Ok(Link {
@@ -75,6 +109,7 @@ impl Link {
             keys,
             page_timeout,
             max_page_bytes,
+            budget,
             next_sub: 0,
             notices: 0,
             challenge: None,
@@ -210,13 +245,22 @@ impl Link {
                     let _ = self.conn.send(&ClientMessage::Close { sub }).await;
                     return Err(LinkError::PageTooLarge(self.max_page_bytes));
                 }
+                // Memory is budgeted by what is buffered: this frame's bytes, taken now (a
+                // wait here is back-pressure on this relay only, bounded by the deadline).
+                let more = tokio::time::timeout_at(deadline, take_budget(&self.budget, text.len()))
+                    .await
+                    .map_err(|_| LinkError::PageTimeout(self.page_timeout))??;
+                match &mut page.permits {
+                    Some(p) => p.merge(more),
+                    None => page.permits = Some(more),
+                }
                 page.frames.push(text);
             }
         }
     }
 
-    /// NIP-45 COUNT: `Ok(None)` if the relay does not support it (CLOSED, NOTICE or timeout).
-    pub async fn count(&mut self, filter: Filter) -> Result<Option<(u64, bool)>, LinkError> {
+    /// NIP-45 COUNT: the count and whether the relay marked it approximate.
+    pub async fn count(&mut self, filter: Filter) -> Result<Answer<(u64, bool)>, LinkError> {
         let sub = self.sub_id("count");
         self.conn
             .send(&ClientMessage::Count {
@@ -227,7 +271,7 @@ impl Link {
         let deadline = tokio::time::Instant::now() + self.page_timeout.min(Duration::from_secs(10));
         loop {
             let Some(text) = self.next_before(deadline).await? else {
-                return Ok(None);
+                return Ok(Answer::Silent);
             };
             let Ok(msg) = parse_relay_message(&text) else {
                 continue;
@@ -237,11 +281,13 @@ impl Link {
                     sub: s,
                     count,
                     approximate,
-                } if s == sub => return Ok(Some((count, approximate))),
-                RelayMessage::Closed { sub: s, .. } if s == sub => return Ok(None),
-                RelayMessage::Notice { .. } => {
+                } if s == sub => return Ok(Answer::Answered((count, approximate))),
+                RelayMessage::Closed { sub: s, .. } if s == sub => return Ok(Answer::Refused),
+                RelayMessage::Notice { message } => {
                     self.notices += 1;
-                    return Ok(None);
+                    if notice_names(&message, "COUNT") {
+                        return Ok(Answer::Refused);
+                    }
                 }
                 other => self.side_message(other).await?,
             }
@@ -249,27 +295,28 @@ impl Link {
     }
 
     /// NIP-77: reconcile `items` (what this relay already gave us for `filter`) with the relay's
-    /// set. Returns the ids the relay has that we lack, or `Ok(None)` if it does not speak NIP-77.
+    /// set. Returns the ids the relay has that we lack. `Refused` also covers answers that
+    /// cannot be used (undecodable, or more ids than a saturated second can hold).
     pub async fn negentropy(
         &mut self,
         filter: Filter,
         items: &[(u64, [u8; 32])],
-    ) -> Result<Option<Vec<[u8; 32]>>, LinkError> {
+    ) -> Result<Answer<Vec<[u8; 32]>>, LinkError> {
         use negentropy::{Id, Negentropy, NegentropyStorageVector};
         let mut storage = NegentropyStorageVector::with_capacity(items.len());
         for (ts, id) in items {
             if storage.insert(*ts, Id::from_byte_array(*id)).is_err() {
-                return Ok(None);
+                return Ok(Answer::Silent);
             }
         }
         if storage.seal().is_err() {
-            return Ok(None);
+            return Ok(Answer::Silent);
         }
         let Ok(mut neg) = Negentropy::owned(storage, 60_000) else {
-            return Ok(None);
+            return Ok(Answer::Silent);
         };
         let Ok(init) = neg.initiate() else {
-            return Ok(None);
+            return Ok(Answer::Silent);
         };
         let sub = self.sub_id("neg");
         self.conn
@@ -283,7 +330,7 @@ impl Link {
         let mut need: Vec<[u8; 32]> = Vec::new();
         loop {
             let Some(text) = self.next_before(deadline).await? else {
-                return Ok(None);
+                return Ok(Answer::Silent);
             };
             let Ok(msg) = parse_relay_message(&text) else {
                 continue;
@@ -291,18 +338,18 @@ impl Link {
             match msg {
                 RelayMessage::NegMsg { sub: s, message } if s == sub => {
                     let Ok(bytes) = hex::decode(&message) else {
-                        return Ok(None);
+                        return Ok(Answer::Refused);
                     };
                     let (mut have_ids, mut need_ids) = (Vec::new(), Vec::new());
                     let next = match neg.reconcile_with_ids(&bytes, &mut have_ids, &mut need_ids) {
                         Ok(n) => n,
-                        Err(_) => return Ok(None),
+                        Err(_) => return Ok(Answer::Refused),
                     };
                     need.extend(need_ids.iter().map(|id| id.to_bytes()));
                     if need.len() > MAX_NEGENTROPY_NEED {
                         // Not a saturated second any more: not what this tool is for.
                         let _ = self.conn.send(&ClientMessage::NegClose { sub }).await;
-                        return Ok(None);
+                        return Ok(Answer::Silent);
                     }
                     match next {
                         Some(m) => {
@@ -317,15 +364,17 @@ impl Link {
                             let _ = self.conn.send(&ClientMessage::NegClose { sub }).await;
                             need.sort_unstable();
                             need.dedup();
-                            return Ok(Some(need));
+                            return Ok(Answer::Answered(need));
                         }
                     }
                 }
-                RelayMessage::NegErr { sub: s, .. } if s == sub => return Ok(None),
-                RelayMessage::Closed { sub: s, .. } if s == sub => return Ok(None),
-                RelayMessage::Notice { .. } => {
+                RelayMessage::NegErr { sub: s, .. } if s == sub => return Ok(Answer::Refused),
+                RelayMessage::Closed { sub: s, .. } if s == sub => return Ok(Answer::Refused),
+                RelayMessage::Notice { message } => {
                     self.notices += 1;
-                    return Ok(None);
+                    if notice_names(&message, "NEG-") {
+                        return Ok(Answer::Refused);
+                    }
                 }
                 other => self.side_message(other).await?,
             }

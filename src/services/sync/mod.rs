@@ -33,6 +33,8 @@ pub fn backoff_secs(failures: i64, min: u64, max: u64) -> i64 {
 struct Running {
     set: Arc<Mutex<HashSet<u32>>>,
     id: u32,
+    /// The count of sessions with never-reached relays, if this is one.
+    new: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Drop for Running {
@@ -41,8 +43,14 @@ impl Drop for Running {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
+        if let Some(n) = &self.new {
+            n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
+
+/// How soon a relay is tried again after a local storage error (not its fault).
+const LOCAL_ERROR_RETRY_SECS: i64 = 60;
 
 /// How soon an onion relay is tried again while the built-in Tor is still bootstrapping.
 const TOR_NOT_READY_RETRY_SECS: i64 = 60;
@@ -51,6 +59,7 @@ const TOR_NOT_READY_RETRY_SECS: i64 = 60;
 pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_relays));
     let running: Arc<Mutex<HashSet<u32>>> = Arc::new(Mutex::new(HashSet::new()));
+    let new_running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let mut paused = false;
     loop {
@@ -78,14 +87,26 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let due = ctx.stores.state.due_relays(now, ctx.cfg.max_relays * 4)?;
+        // Off the async workers: the state connection may be busy with a prune chunk.
+        let (state, max) = (ctx.stores.state.clone(), ctx.cfg.max_relays * 4);
+        let due = tokio::task::spawn_blocking(move || state.due_relays(now, max))
+            .await
+            .map_err(|e| SyncError::Task(e.to_string()))??;
         let mut started = 0;
+        // Relays the Finder found that never answered get at most a quarter of the sessions:
+        // registered junk (a flood, dead names) cannot take the slots of relays known to
+        // answer. Seed and operator-added relays are trusted to be worth a slot.
+        let new_cap = (ctx.cfg.max_relays / 4).max(1);
         for row in due {
             if running
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&row.id)
             {
+                continue;
+            }
+            let never_reached = row.last_success_at.is_none() && row.source == "finder";
+            if never_reached && new_running.load(std::sync::atomic::Ordering::Relaxed) >= new_cap {
                 continue;
             }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -107,6 +128,10 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
             let guard = Running {
                 set: running.clone(),
                 id: row.id,
+                new: never_reached.then(|| {
+                    new_running.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    new_running.clone()
+                }),
             };
             started += 1;
             let ctx2 = ctx.clone();
@@ -127,6 +152,13 @@ pub async fn run(ctx: SyncContext) -> Result<(), SyncError> {
                         reason,
                         TOR_NOT_READY_RETRY_SECS.min(ctx2.cfg.backoff_max_secs as i64),
                     ),
+                    // Our own disk or store failed, not the relay: no failure is counted
+                    // against it (a full or broken disk must not mark every relay offline and
+                    // back them all off); it is tried again in a minute.
+                    Err(e @ (SyncError::Store(_) | SyncError::State(_) | SyncError::Task(_))) => {
+                        tracing::error!(relay = %url, error = %e, "local storage error during sync");
+                        state.defer(row.id, &format!("local storage error: {e}"), LOCAL_ERROR_RETRY_SECS)
+                    }
                     Err(e) => {
                         let failures = state.failures(row.id).unwrap_or(0) + 1;
                         let dial = match e {

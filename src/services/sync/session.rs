@@ -33,7 +33,7 @@ use std::time::Duration;
 use nostr::Keys;
 
 use super::ingest::{ingest, Matched, PageResult};
-use super::link::{Link, LinkError};
+use super::link::{Answer, Link, LinkError};
 use crate::config::SyncConfig;
 use crate::net::dialer::Dialer;
 use crate::protocol::url::RelayUrl;
@@ -52,6 +52,9 @@ pub enum SyncError {
     State(#[from] StateError),
     #[error("shutting down")]
     Shutdown,
+    /// The relay's answers cannot prove anything (the pass is not advanced).
+    #[error("{0}")]
+    Untrustworthy(String),
     #[error("ingest task failed: {0}")]
     Task(String),
 }
@@ -77,10 +80,12 @@ pub struct SyncContext {
     pub keys: Option<Keys>,
     pub shutdown: Shutdown,
     pub stats: Arc<SyncStats>,
-    /// Pages buffered at once across all sessions (`sync.max_pages_in_flight`): memory is
-    /// bounded by this, not by the number of relays connected. A session holds one permit from
-    /// sending its REQ until the page is stored.
-    pub page_slots: Arc<tokio::sync::Semaphore>,
+    /// Event bytes buffered at once across all sessions, in KiB (`sync.max_pages_in_flight` x
+    /// `sync.max_page_mb`): memory is bounded by this, not by the number of relays connected.
+    /// A page takes permits for the frames it actually buffered, as they arrive, and gives them
+    /// back once stored; a relay that is slow, drips, or never sends EOSE holds only what it
+    /// sent, not a slot others wait for.
+    pub buffer_budget: Arc<tokio::sync::Semaphore>,
     /// Invariant 4: syncing pauses at this spool depth (`None`: spool disabled).
     pub spool_max: Option<u64>,
     /// Invariant 4: syncing pauses below this much free disk (MiB) on the data dir's disk.
@@ -148,6 +153,14 @@ struct Session<'a> {
     /// Not persisted: a relay may lower its clamp between sessions.
     seen_cap: u64,
     caps: RelayCaps,
+    /// COUNT / NIP-77 went unanswered in this session: not asked again until the next one
+    /// (silence is not a lasting verdict; a refusal is, see `RelayCaps`).
+    count_silent: bool,
+    neg_silent: bool,
+    /// Window width for a relay caught out of order (`careful_step`).
+    window: Option<u64>,
+    /// Requests sent in this session (pages, probes, narrowing, ids): what a turn budgets.
+    requests: u64,
     outcome: Outcome,
 }
 
@@ -203,6 +216,7 @@ pub async fn run(
         keys,
         page_timeout,
         ctx.cfg.max_page_mb << 20,
+        ctx.buffer_budget.clone(),
     )
     .await?;
     let mut s = Session {
@@ -212,6 +226,10 @@ pub async fn run(
         limit,
         seen_cap: 0,
         caps,
+        count_silent: false,
+        neg_silent: false,
+        window: None,
+        requests: 0,
         outcome: Outcome::default(),
     };
     let result = s.drive(mode).await;
@@ -228,12 +246,16 @@ pub async fn run(
 impl Session<'_> {
     async fn drive(&mut self, mode: Mode) -> Result<(), SyncError> {
         self.retry_unproven().await?;
-        let budget = match mode {
-            Mode::Once => u64::MAX,
-            Mode::Turn => self.ctx.cfg.max_pages_per_turn,
+        // A turn is bounded by requests (every one counts: pages, probes, narrowing of
+        // saturated seconds) and by wall time, so no relay keeps a session slot for hours.
+        let (budget, deadline) = match mode {
+            Mode::Once => (u64::MAX, None),
+            Mode::Turn => (
+                self.ctx.cfg.max_pages_per_turn,
+                Some(tokio::time::Instant::now() + Duration::from_secs(self.ctx.cfg.max_turn_secs)),
+            ),
         };
-        let mut pages = 0;
-        while pages < budget {
+        while self.requests < budget && deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
             if self.ctx.shutdown.is_triggered() {
                 return Err(SyncError::Shutdown);
             }
@@ -252,7 +274,6 @@ impl Session<'_> {
                 self.outcome.pass_complete = true;
                 break;
             }
-            pages += 1;
         }
         if mode == Mode::Turn && self.outcome.pass_complete {
             self.live().await?;
@@ -283,6 +304,9 @@ impl Session<'_> {
                 (t, t)
             }
         };
+        if self.caps.misordered_at.is_some() {
+            return self.careful_step(cur, floor, top, frontier).await;
+        }
         let filter = Filter {
             since: Some(floor),
             until: Some(frontier),
@@ -297,23 +321,36 @@ impl Session<'_> {
         let n = res.matching.len() as u64;
         let had_room = self.seen_cap > 0 && res.received < self.limit.min(self.seen_cap);
         self.seen_cap = self.seen_cap.max(n);
-        let done = if res.oldest_answered.is_none() {
+        let done = if res.answered.is_empty() {
+            self.refuse_window_ignored(&res)?;
             // Nothing inside the window: only an empty answer proves the rest of it (a short
             // one does not: relays drop events after applying the limit, e.g. expired, deleted
             // or hidden without AUTH). Events outside the window (NIP-01 lets relays send them)
-            // are stored and otherwise ignored, so an answer of only those counts as empty. A
-            // relay that ignored since/until would end the pass here, as would any relay that
-            // sends EOSE early: an answer can only be checked against the protocol, not proven.
-            if res.received > 0 {
-                tracing::debug!(
-                    relay = self.relay,
-                    frames = res.received,
-                    "answer held only events outside the window"
-                );
-            }
+            // are stored and otherwise ignored, so an answer of only those counts as empty.
             true
         } else {
-            let m = res.oldest_answered.unwrap_or(frontier);
+            // What an honest newest-first answer can prove: at most `limit` events, so nothing
+            // below the limit-th newest; and no hole the relay skipped (checked below).
+            let bulk = &res.answered[..res.answered.len().min(self.limit as usize)];
+            if let Some((above, below, kept)) = suspicious_gap(bulk) {
+                if self.gap_holds_events(floor, below, above).await? {
+                    // The relay left out events newer than ones it sent: its order cannot be
+                    // trusted, so this page proves nothing. From now on its windows are
+                    // narrowed until answers are short (see `careful_step`).
+                    self.caps.misordered_at = Some(now() as i64);
+                    self.caps.misordered_cap = Some(kept as u64);
+                    self.ctx.stores.state.set_caps(self.relay, &self.caps)?;
+                    tracing::warn!(
+                        relay = self.relay,
+                        above,
+                        below,
+                        "relay sent events older than ones it left out; narrowing its windows"
+                    );
+                    state.set_cursor(self.relay, &cur, res.received, res.write.new_events)?;
+                    return Ok(false);
+                }
+            }
+            let m = bulk.last().copied().unwrap_or(frontier);
             if m < frontier {
                 cur.pass_frontier = Some(m);
                 false
@@ -344,13 +381,108 @@ impl Session<'_> {
         Ok(done)
     }
 
+    /// One page for a relay caught answering out of order: no order is assumed. A window
+    /// `[since, frontier]` is proven only by an answer shorter than the relay's clamp (then it
+    /// held everything the relay has there, in whatever order); a full answer halves the
+    /// window, a proven one doubles it. A full answer for one second is a saturated second.
+    async fn careful_step(
+        &mut self,
+        mut cur: Cursor,
+        floor: u64,
+        top: u64,
+        frontier: u64,
+    ) -> Result<bool, SyncError> {
+        let state = self.ctx.stores.state.clone();
+        let span = frontier.saturating_sub(floor) + 1;
+        let window = self.window.unwrap_or(span).clamp(1, span);
+        let since = frontier + 1 - window;
+        let filter = Filter {
+            since: Some(since),
+            until: Some(frontier),
+            limit: Some(self.limit),
+            ..Filter::default()
+        };
+        let mut res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        if res.answered.is_empty() {
+            self.refuse_window_ignored(&res)?;
+        }
+        let cap = self
+            .caps
+            .misordered_cap
+            .unwrap_or(self.limit)
+            .min(self.limit);
+        let short = (res.answered.len() as u64) < cap && res.received < self.limit;
+        let proven_to = if short {
+            self.window = Some(window.saturating_mul(2));
+            Some(since)
+        } else if window == 1 {
+            self.resolve_second(frontier, std::mem::take(&mut res.matching))
+                .await?;
+            Some(frontier)
+        } else {
+            self.window = Some(window / 2);
+            None
+        };
+        let done = match proven_to {
+            Some(p) if p <= floor => true,
+            Some(p) => {
+                cur.pass_frontier = Some(p - 1);
+                false
+            }
+            None => false,
+        };
+        if done {
+            self.window = None;
+            cur = Cursor {
+                done_until: Some(top),
+                pass_top: None,
+                pass_frontier: None,
+            };
+        }
+        state.set_cursor(self.relay, &cur, res.received, res.write.new_events)?;
+        Ok(done)
+    }
+
+    /// A full answer with not one event inside the asked window: the relay ignores
+    /// `since`/`until`, so no answer of it can prove a window (an empty-looking one would end
+    /// the pass early and skip its whole history).
+    fn refuse_window_ignored(&self, res: &PageResult) -> Result<(), SyncError> {
+        let full =
+            res.received >= self.limit || (self.seen_cap >= 10 && res.received >= self.seen_cap);
+        if full {
+            return Err(SyncError::Untrustworthy(format!(
+                "relay ignores since/until: a full answer of {} events held none inside the asked window",
+                res.received
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the relay holds events strictly between `below` and `above` (a gap its answer
+    /// claimed empty), asked directly.
+    async fn gap_holds_events(
+        &mut self,
+        floor: u64,
+        below: u64,
+        above: u64,
+    ) -> Result<bool, SyncError> {
+        let probe = Filter {
+            since: Some((below + 1).max(floor)),
+            until: Some(above - 1),
+            limit: Some(self.limit),
+            ..Filter::default()
+        };
+        let res = self.fetch(vec![probe.clone()], Some(probe)).await?;
+        Ok(!res.answered.is_empty())
+    }
+
     /// REQ -> ingest on a blocking thread -> counters.
     async fn fetch(
         &mut self,
         filters: Vec<Filter>,
         matching: Option<Filter>,
     ) -> Result<PageResult, SyncError> {
-        let _slot = self.page_slot().await?;
+        self.requests += 1;
         let mut filters = filters;
         let raw = loop {
             match self.link.request(filters.clone()).await {
@@ -374,6 +506,7 @@ impl Session<'_> {
         let store = self.ctx.stores.events.clone();
         let limits = self.ctx.limits;
         let relay = self.relay;
+        // The page's buffer permits go back once it is stored (or dropped).
         let res = tokio::task::spawn_blocking(move || {
             ingest(
                 &store,
@@ -399,19 +532,10 @@ impl Session<'_> {
         Ok(res)
     }
 
-    /// One of the node-wide page slots, held while a page is buffered and stored.
-    async fn page_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SyncError> {
-        self.ctx
-            .page_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SyncError::Shutdown)
-    }
-
     /// Re-try seconds recorded as unproven in earlier sessions (a relay may have gained NIP-77).
     async fn retry_unproven(&mut self) -> Result<(), SyncError> {
-        // Nothing can prove a second on a relay known to offer neither NIP-77 nor COUNT.
+        // Nothing can prove a second on a relay known to offer neither NIP-77 nor COUNT. Those
+        // verdicts expire (`VERDICT_TTL_SECS`), and then its unproven seconds are tried again.
         if self.caps.supports_negentropy == Some(false) && self.caps.supports_count == Some(false) {
             return Ok(());
         }
@@ -454,11 +578,11 @@ impl Session<'_> {
         let state = self.ctx.stores.state.clone();
 
         // 1. NIP-77: the exact set difference in a few round trips.
-        if self.caps.supports_negentropy != Some(false) {
+        if self.caps.supports_negentropy != Some(false) && !self.neg_silent {
             let items: Vec<(u64, [u8; 32])> = got.iter().map(|id| (s, *id)).collect();
             match self.link.negentropy(second.clone(), &items).await? {
-                Some(need) => {
-                    self.set_caps(|c| c.supports_negentropy = Some(true))?;
+                Answer::Answered(need) => {
+                    self.set_caps(|c| c.set_negentropy(true))?;
                     for ids in need.chunks(chunk) {
                         let f = Filter {
                             ids: ids.iter().map(hex::encode).collect(),
@@ -476,21 +600,23 @@ impl Session<'_> {
                     state.record_unproven(self.relay, s, reason)?;
                     return Ok(());
                 }
-                None => self.set_caps(|c| c.supports_negentropy = Some(false))?,
+                Answer::Refused => self.set_caps(|c| c.set_negentropy(false))?,
+                Answer::Silent => self.neg_silent = true,
             }
         }
 
         // 2. An exact COUNT, to know when narrowing has found everything.
         let mut count = None;
-        if self.caps.supports_count != Some(false) {
+        if self.caps.supports_count != Some(false) && !self.count_silent {
             match self.link.count(second.clone()).await? {
-                Some((n, approximate)) => {
-                    self.set_caps(|c| c.supports_count = Some(true))?;
+                Answer::Answered((n, approximate)) => {
+                    self.set_caps(|c| c.set_count(true))?;
                     if !approximate {
                         count = Some(n);
                     }
                 }
-                None => self.set_caps(|c| c.supports_count = Some(false))?,
+                Answer::Refused => self.set_caps(|c| c.set_count(false))?,
+                Answer::Silent => self.count_silent = true,
             }
         }
 
@@ -660,7 +786,8 @@ impl Session<'_> {
         if frames.is_empty() {
             return Ok(());
         }
-        let _slot = self.page_slot().await?;
+        let bytes: usize = frames.iter().map(String::len).sum();
+        let _permits = super::link::take_budget(&self.ctx.buffer_budget, bytes).await?;
         let store = self.ctx.stores.events.clone();
         let limits = self.ctx.limits;
         let relay = self.relay;
@@ -680,5 +807,41 @@ impl Session<'_> {
         self.outcome.received += res.received;
         self.outcome.new_events += res.write.new_events;
         Ok(())
+    }
+}
+
+/// In a newest-first list of answered `created_at` values, a hole that dwarfs the span of the
+/// answer above it (twice that span and more than a minute): `(above, below, kept)` with the
+/// times either side and how many values lie above. Relays with unsorted storage, buggy
+/// ordering or stale caches add a few much older events to a correct answer; the hole between
+/// is where the events they left out would be, so it is asked for directly before the answer
+/// is believed. An honest relay's hole is empty and costs one empty answer.
+fn suspicious_gap(times: &[u64]) -> Option<(u64, u64, usize)> {
+    let (j, gap) = times
+        .windows(2)
+        .enumerate()
+        .map(|(j, w)| (j + 1, w[0] - w[1]))
+        .max_by_key(|&(_, g)| g)?;
+    let above_span = times[0] - times[j - 1];
+    (gap > 60 && gap > 2 * above_span).then(|| (times[j - 1], times[j], j))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suspicious_gap;
+
+    #[test]
+    fn a_far_older_tail_is_suspicious_and_a_dense_answer_is_not() {
+        // 5 events in one minute, then 2 from a day earlier.
+        let t = [10_000, 9_990, 9_980, 9_970, 9_960, 1_000, 900];
+        assert_eq!(suspicious_gap(&t), Some((9_960, 1_000, 5)));
+        // Evenly spread: no hole stands out.
+        let even: Vec<u64> = (0..100).map(|i| 100_000 - i * 1_000).collect();
+        assert_eq!(suspicious_gap(&even), None);
+        // Small holes (a few seconds) are never probed.
+        assert_eq!(suspicious_gap(&[100, 100, 99, 40]), None);
+        // All in one second, one stray: probed.
+        assert_eq!(suspicious_gap(&[500, 500, 500, 100]), Some((500, 100, 3)));
+        assert_eq!(suspicious_gap(&[500]), None);
     }
 }
