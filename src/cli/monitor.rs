@@ -182,11 +182,11 @@ fn print_reports(reports: &[RelayReport], one: bool, json: bool) -> Result<()> {
     println!("relay:        {}", r.url);
     println!("status:       {}", r.status);
     if let Some(e) = &r.error {
-        println!("error:        {e}");
+        println!("error:        {}", term(e));
     }
     match (&r.nip11, &r.nip11_error) {
-        (Some(doc), _) => println!("nip11:        {doc}"),
-        (None, Some(e)) => println!("nip11:        failed: {e}"),
+        (Some(doc), _) => println!("nip11:        {}", term(doc)),
+        (None, Some(e)) => println!("nip11:        failed: {}", term(e)),
         _ => {}
     }
     if let Some(rtt) = &r.rtt {
@@ -197,16 +197,16 @@ fn print_reports(reports: &[RelayReport], one: bool, json: bool) -> Result<()> {
             show(rtt.write_ms)
         );
         if let Some(p) = &rtt.read_policy {
-            println!("read policy:  {p}");
+            println!("read policy:  {}", term(p));
         }
         if let Some(p) = &rtt.write_policy {
-            println!("write policy: {p}");
+            println!("write policy: {}", term(p));
         }
         if let Some(b) = rtt.write_read_back {
             println!("read back:    {}", if b { "yes" } else { "no" });
         }
         for e in &rtt.errors {
-            println!("error:        {e}");
+            println!("error:        {}", term(e));
         }
     }
     if let Some(f) = &r.facts {
@@ -274,8 +274,8 @@ pub(super) fn cmd_relays_list(cfg: &Config, json: bool) -> Result<ExitCode> {
             r.uptime_7d
                 .map_or("-".into(), |u| format!("{:.1}%", u * 100.0)),
             [
-                r.software.unwrap_or_default(),
-                r.version.unwrap_or_default()
+                term(r.software.unwrap_or_default()),
+                term(r.version.unwrap_or_default())
             ]
             .join(" ")
             .trim()
@@ -331,7 +331,7 @@ pub(super) fn cmd_relays_show(cfg: &Config, url: &str, days: u32, json: bool) ->
         h.last_online_at.map_or("never".into(), ago)
     );
     if let Some(e) = &h.last_error {
-        println!("last error:  {e}");
+        println!("last error:  {}", term(e));
     }
     println!(
         "rtt:         open {} ms, read {} ms, write {} ms{}{}",
@@ -340,27 +340,27 @@ pub(super) fn cmd_relays_show(cfg: &Config, url: &str, days: u32, json: bool) ->
         h.write_ms.map_or("-".into(), |v| v.to_string()),
         h.read_policy
             .as_ref()
-            .map(|p| format!(", read policy {p}"))
+            .map(|p| format!(", read policy {}", term(p)))
             .unwrap_or_default(),
         h.write_policy
             .as_ref()
-            .map(|p| format!(", write policy {p}"))
+            .map(|p| format!(", write policy {}", term(p)))
             .unwrap_or_default(),
     );
     match (&h.nip11_at, &h.nip11_error) {
         (Some(at), _) => println!(
             "nip11:       fetched {}: {}",
             ago(*at),
-            serde_json::to_string(&nip11)?
+            term(serde_json::to_string(&nip11)?)
         ),
-        (None, Some(e)) => println!("nip11:       failed: {e}"),
+        (None, Some(e)) => println!("nip11:       failed: {}", term(e)),
         _ => println!("nip11:       never fetched"),
     }
     if let Some(at) = h.nip66_at {
         println!(
             "nip66:       {}: {}",
             ago(at),
-            serde_json::to_string(&nip66)?
+            term(serde_json::to_string(&nip66)?)
         );
     }
     println!("uptime by day (UTC), last {days} days:");
@@ -427,6 +427,12 @@ fn datetime(t: i64) -> String {
         s / 60 % 60,
         s % 60
     )
+}
+
+/// Relay-controlled text (errors quoting relays, NIP-11 and NIP-66 documents, policy answers)
+/// as printed on a terminal: control characters escaped, capped (`--json` prints it whole).
+fn term(s: impl std::fmt::Display) -> String {
+    crate::protocol::text::inert(&s.to_string(), 4_000)
 }
 
 #[cfg(test)]

@@ -73,14 +73,14 @@ pub fn parse_relay_message(text: &str) -> Result<RelayMessage<'_>, ProtocolError
                 .map_err(|_| {
                     ProtocolError::Malformed("OK: third element is not a boolean".into())
                 })?,
-            message: opt_string_at(&parts, 3),
+            message: reason_at(&parts, 3),
         },
         "CLOSED" => RelayMessage::Closed {
             sub: sub_at(&parts, 1)?,
-            message: opt_string_at(&parts, 2),
+            message: reason_at(&parts, 2),
         },
         "NOTICE" => RelayMessage::Notice {
-            message: string_at(&parts, 1)?,
+            message: super::text::inert(&string_at(&parts, 1)?, super::text::MAX_REASON_CHARS),
         },
         "AUTH" => RelayMessage::Auth {
             challenge: string_at(&parts, 1)?,
@@ -107,7 +107,7 @@ pub fn parse_relay_message(text: &str) -> Result<RelayMessage<'_>, ProtocolError
         },
         "NEG-ERR" => RelayMessage::NegErr {
             sub: sub_at(&parts, 1)?,
-            reason: opt_string_at(&parts, 2),
+            reason: reason_at(&parts, 2),
         },
         other => {
             return Err(ProtocolError::Malformed(format!(
@@ -136,6 +136,13 @@ fn opt_string_at(parts: &[&RawValue], idx: usize) -> String {
         .get(idx)
         .and_then(|r| serde_json::from_str::<String>(r.get()).ok())
         .unwrap_or_default()
+}
+
+/// A human-readable reason (OK, CLOSED, NEG-ERR): optional, capped and escaped at parse time
+/// (`text::inert`), so no caller can log a relay's 1 MiB of newlines. The machine-readable
+/// prefix (`reason_prefix`) survives: it is at the start.
+fn reason_at(parts: &[&RawValue], idx: usize) -> String {
+    super::text::inert(&opt_string_at(parts, idx), super::text::MAX_REASON_CHARS)
 }
 
 fn sub_at(parts: &[&RawValue], idx: usize) -> Result<String, ProtocolError> {
@@ -246,6 +253,23 @@ impl ClientMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_reasons_are_capped_and_escaped_at_parse_time() {
+        let flood = format!("blocked: {}", "line\nINFO bigbrotr: fake\n".repeat(20_000));
+        let text = serde_json::json!(["CLOSED", "s", flood]).to_string();
+        match parse_relay_message(&text).unwrap() {
+            RelayMessage::Closed { message, .. } => {
+                assert!(!message.contains('\n'), "one line whatever the relay sent");
+                assert!(message.len() < 400, "capped: {} bytes", message.len());
+                assert_eq!(reason_prefix(&message), Some("blocked"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = serde_json::json!(["NOTICE", "a\u{1b}[2Jb"]).to_string();
+        assert!(matches!(parse_relay_message(&text).unwrap(),
+            RelayMessage::Notice { message } if message == "a\\u{1b}[2Jb"));
+    }
 
     #[test]
     fn parses_every_relay_message() {

@@ -8,6 +8,7 @@ pub mod event;
 pub mod filter;
 pub mod message;
 pub mod nip11;
+pub mod text;
 pub mod url;
 
 pub use event::{Event, EventLimits, ParsedEvent};
