@@ -6,7 +6,9 @@
 //! understood, [`RelayInfo::raw`] keeps the whole document as received. Advertised is not
 //! actual (PROTOCOL.md): callers treat these values as hints.
 
-use serde::Serialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 /// `Accept` value for NIP-11 requests.
@@ -22,9 +24,12 @@ const MAX_INFO_STRING_BYTES: usize = 4 * 1024;
 /// whole document as received.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RelayInfo {
-    /// The whole document as received (always a JSON object). It is not
-    /// sanitised: strings in it may contain `\u0000` or be arbitrarily long.
-    pub raw: Value,
+    /// The whole document as received (always a JSON object), as text: never expanded into a
+    /// tree (a 1 MiB array of zeros would take tens of MiB as `serde_json::Value`). It is not
+    /// sanitised: strings in it may contain `\u0000` or be arbitrarily long. Serialized as
+    /// the JSON it is.
+    #[serde(serialize_with = "as_raw_json")]
+    pub raw: String,
     pub name: Option<String>,
     pub description: Option<String>,
     pub pubkey: Option<String>,
@@ -84,30 +89,125 @@ pub enum Nip11Error {
 /// `max_body = NIP11_MAX_BYTES`.
 pub fn parse_relay_info(body: &[u8]) -> Result<RelayInfo, Nip11Error> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    let raw: Value = serde_json::from_slice(body)?;
-    let Value::Object(map) = &raw else {
-        return Err(Nip11Error::NotAnObject {
-            found: json_type_name(&raw),
-        });
+    let text = std::str::from_utf8(body)
+        .map_err(|_| Nip11Error::InvalidJson(serde::de::Error::custom("document is not UTF-8")))?;
+    // Only the known fields are kept, as raw slices of the body; every other value is skipped
+    // without being built. A known field larger than any honest one is ignored, so no part of
+    // a hostile document is ever expanded into a tree much larger than itself.
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = match de.deserialize_any(KnownFields) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let found = serde_json::from_str::<&RawValue>(text)
+                .map(|r| raw_type_name(r.get()))
+                .unwrap_or("something else");
+            return Err(Nip11Error::NotAnObject { found });
+        }
+        Err(e) => return Err(Nip11Error::InvalidJson(e)),
     };
-    let string = |key: &str| lenient_string(map.get(key));
-    let mut info = RelayInfo {
-        raw: Value::Null,
+    de.end()?;
+    let value = |key: &str| -> Option<Value> {
+        let raw = fields.iter().find(|(k, _)| k == key)?.1;
+        (raw.get().len() <= MAX_KNOWN_FIELD_BYTES)
+            .then(|| serde_json::from_str(raw.get()).ok())
+            .flatten()
+    };
+    let string = |key: &str| lenient_string(value(key).as_ref());
+    Ok(RelayInfo {
+        raw: text.to_string(),
         name: string("name"),
         description: string("description"),
         pubkey: string("pubkey"),
         contact: string("contact"),
         software: string("software"),
         version: string("version"),
-        supported_nips: lenient_nips(map.get("supported_nips")),
-        limitation: map
-            .get("limitation")
+        supported_nips: lenient_nips(value("supported_nips").as_ref()),
+        limitation: value("limitation")
+            .as_ref()
             .and_then(Value::as_object)
             .map(parse_limitation)
             .unwrap_or_default(),
-    };
-    info.raw = raw;
-    Ok(info)
+    })
+}
+
+/// Fields read from a document; larger values are ignored (a `description` of 64 KiB is
+/// kept, truncated; a `supported_nips` of a million entries is not).
+const MAX_KNOWN_FIELD_BYTES: usize = 64 * 1024;
+const KNOWN: [&str; 8] = [
+    "name",
+    "description",
+    "pubkey",
+    "contact",
+    "software",
+    "version",
+    "supported_nips",
+    "limitation",
+];
+
+/// Visits the top level: `None` if it is not an object, else the known fields as raw JSON.
+struct KnownFields;
+
+impl<'de> Visitor<'de> for KnownFields {
+    type Value = Option<Vec<(String, &'de RawValue)>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if KNOWN.contains(&key.as_str()) && !out.iter().any(|(k, _)| *k == key) {
+                out.push((key, map.next_value::<&'de RawValue>()?));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+fn as_raw_json<S: serde::Serializer>(raw: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<&RawValue>(raw) {
+        Ok(r) => r.serialize(s),
+        Err(_) => s.serialize_unit(),
+    }
+}
+
+/// The JSON type of a raw value, from its first character.
+fn raw_type_name(raw: &str) -> &'static str {
+    match raw.trim_start().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
+    }
 }
 
 fn parse_limitation(map: &Map<String, Value>) -> Limitation {
@@ -127,17 +227,6 @@ fn parse_limitation(map: &Map<String, Value>) -> Limitation {
         created_at_lower_limit: num("created_at_lower_limit"),
         created_at_upper_limit: num("created_at_upper_limit"),
         default_limit: num("default_limit"),
-    }
-}
-
-fn json_type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -260,7 +349,8 @@ mod tests {
         assert_eq!(l.created_at_lower_limit, Some(0));
         assert_eq!(l.created_at_upper_limit, Some(2147483647));
         assert_eq!(l.default_limit, Some(500));
-        assert_eq!(info.raw["icon"], "https://example.com/icon.png");
+        let raw: Value = serde_json::from_str(&info.raw).unwrap();
+        assert_eq!(raw["icon"], "https://example.com/icon.png");
         // Serializes (raw included).
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["limitation"]["max_limit"], 5000);
@@ -342,10 +432,35 @@ mod tests {
     }
 
     #[test]
+    fn hostile_documents_are_never_expanded() {
+        // A megabyte of zeros: not an object, refused, named.
+        let zeros = format!("[{}0]", "0,".repeat(500_000));
+        let err = parse_relay_info(zeros.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("an array"), "{err}");
+        // The same inside an object, under a known and an unknown key: the rest is read.
+        let doc = format!(
+            r#"{{"junk":{zeros},"supported_nips":{zeros},"name":"ok","limitation":{{"max_limit":"40"}}}}"#
+        );
+        let info = parse_relay_info(doc.as_bytes()).unwrap();
+        assert_eq!(info.name.as_deref(), Some("ok"));
+        assert!(
+            info.supported_nips.is_empty(),
+            "an oversized field is ignored"
+        );
+        assert_eq!(info.limitation.max_limit, Some(40));
+        assert_eq!(info.raw.len(), doc.len(), "the raw text is kept as served");
+        // Trailing garbage is still an error.
+        assert!(parse_relay_info(br#"{"name":"x"} extra"#).is_err());
+        // Duplicate keys: the first wins (serde_json's Value kept the last; either is lenient).
+        let info = parse_relay_info(br#"{"name":"a","name":"b"}"#).unwrap();
+        assert_eq!(info.name.as_deref(), Some("a"));
+    }
+
+    #[test]
     fn nip11_bom_is_stripped() {
         let info = parse_relay_info(b"\xEF\xBB\xBF{\"name\":\"bom\"}").unwrap();
         assert_eq!(info.name.as_deref(), Some("bom"));
-        assert!(info.raw.is_object());
+        assert!(info.raw.starts_with('{'));
     }
 
     #[test]
@@ -360,9 +475,7 @@ mod tests {
         assert!(long.starts_with(&description));
         assert_eq!(info.name.as_deref(), Some("ab"));
         // raw is untouched.
-        assert_eq!(
-            info.raw["description"].as_str().map(str::len),
-            Some(long.len())
-        );
+        let raw: Value = serde_json::from_str(&info.raw).unwrap();
+        assert_eq!(raw["description"].as_str().map(str::len), Some(long.len()));
     }
 }

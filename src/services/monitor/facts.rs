@@ -81,11 +81,11 @@ pub async fn dns(url: &RelayUrl, timeout: Duration) -> Option<Dns> {
         });
     }
     let t = Instant::now();
-    let looked = tokio::time::timeout(timeout, tokio::net::lookup_host((host, url.port()))).await;
+    let looked = tokio::time::timeout(timeout, crate::net::resolve::lookup(host, url.port())).await;
     let ms = Some(t.elapsed().as_millis() as u64);
     Some(match looked {
         Ok(Ok(addrs)) => {
-            let mut addresses: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            let mut addresses: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             addresses.sort();
             addresses.dedup();
             Dns {

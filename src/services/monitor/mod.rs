@@ -35,7 +35,7 @@ use crate::protocol::nip11::{parse_relay_info, RelayInfo};
 use crate::protocol::url::parse_relay_url;
 use crate::shutdown::Shutdown;
 use crate::store::health::{unix_now, CheckKind, CheckOutcome, DueRelay, Schedule};
-use crate::store::State;
+use crate::store::{State, StateError};
 
 use self::publish::Publisher;
 use self::rtt::RttReport;
@@ -279,9 +279,12 @@ pub const MAX_KEPT_NIP11_BYTES: usize = 64 * 1024;
 /// The document as served if it is at most [`MAX_KEPT_NIP11_BYTES`], else a summary of its
 /// typed fields marked `"truncated": true`.
 fn bounded_document(info: &RelayInfo) -> Value {
-    let size = info.raw.to_string().len();
+    let size = info.raw.len();
     if size <= MAX_KEPT_NIP11_BYTES {
-        return info.raw.clone();
+        // At most 64 KiB of text: its tree stays small.
+        if let Ok(v) = serde_json::from_str(&info.raw) {
+            return v;
+        }
     }
     let cap = |s: &Option<String>| s.as_ref().map(|s| s.chars().take(1000).collect::<String>());
     json!({
@@ -423,6 +426,7 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
     let mut tasks: HashMap<tokio::task::Id, u32> = HashMap::new();
     let mut busy: HashSet<u32> = HashSet::new();
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    let mut pruning: Option<tokio::task::JoinHandle<Result<(usize, usize), StateError>>> = None;
     let mut last_announce: Option<Instant> = None;
     let mut last_save = Instant::now();
     loop {
@@ -438,13 +442,28 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
                 last_announce = Some(Instant::now());
             }
         }
-        if last_prune.elapsed() >= Duration::from_secs(3600) {
-            prune(&ctx, &mut stats);
+        // The hourly prune runs on a blocking thread, in short chunks: a month of history must
+        // not hold this loop (or the async workers) while it is cut.
+        if pruning.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = pruning.take() {
+                match h.await {
+                    Ok(r) => tally_prune(&mut stats, r),
+                    Err(e) => tracing::error!(error = %e, "prune task failed"),
+                }
+            }
+        }
+        if pruning.is_none() && last_prune.elapsed() >= Duration::from_secs(3600) {
+            let c = ctx.clone();
+            pruning = Some(tokio::task::spawn_blocking(move || prune(&c)));
             last_prune = Instant::now();
         }
         let free = ctx.cfg.max_concurrent.saturating_sub(set.len());
         if free > 0 {
-            match ctx.state.due_checks(unix_now(), free, &busy) {
+            let (state, b) = (ctx.state.clone(), busy.clone());
+            let due = tokio::task::spawn_blocking(move || state.due_checks(unix_now(), free, &b))
+                .await
+                .unwrap_or_else(|e| Err(StateError::Task(e.to_string())));
+            match due {
                 Ok(due) => {
                     for d in due {
                         busy.insert(d.id);
@@ -505,7 +524,19 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prune(ctx: &MonitorContext, stats: &mut MonitorStats) {
+fn tally_prune(stats: &mut MonitorStats, r: Result<(usize, usize), StateError>) {
+    match r {
+        Ok((obs, docs)) => {
+            stats.pruned_observations += obs as u64;
+            if obs > 0 {
+                tracing::info!(observations = obs, documents = docs, "pruned check history");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot prune check history"),
+    }
+}
+
+fn prune(ctx: &MonitorContext) -> Result<(usize, usize), StateError> {
     let before = unix_now() - (ctx.cfg.history_days as i64) * 86_400;
     let keep_after = ctx.upstream.then(|| {
         ctx.state
@@ -515,13 +546,5 @@ fn prune(ctx: &MonitorContext, stats: &mut MonitorStats) {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     });
-    match ctx.state.prune_history(before, keep_after) {
-        Ok((obs, docs)) => {
-            stats.pruned_observations += obs as u64;
-            if obs > 0 {
-                tracing::info!(observations = obs, documents = docs, "pruned check history");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot prune check history"),
-    }
+    ctx.state.prune_history(before, keep_after)
 }

@@ -120,8 +120,8 @@ pub fn discovery_event(
 ) -> Result<Event, String> {
     // The NIP-11 document as content, unless it is larger than what the history keeps.
     let content = nip11
-        .map(|i| i.raw.to_string())
-        .filter(|c| c.len() <= super::MAX_KEPT_NIP11_BYTES)
+        .filter(|i| i.raw.len() <= super::MAX_KEPT_NIP11_BYTES)
+        .map(|i| i.raw.clone())
         .unwrap_or_default();
     EventBuilder::new(Kind::from(KIND_RELAY_DISCOVERY), content)
         .tags(discovery_tags(url, rtt, nip11, geohash))
