@@ -267,6 +267,10 @@ pub struct FinderConfig {
     pub interval_secs: u64,
     /// Events read per atomic step (default: 5,000).
     pub batch: usize,
+    /// New relays registered per hour at most (default: 500); the rest are dropped.
+    pub max_new_per_hour: usize,
+    /// New relays per site (IP, or the last two labels of the name) per hour (default: 20).
+    pub max_new_per_site_per_hour: usize,
 }
 
 impl Default for FinderConfig {
@@ -275,6 +279,8 @@ impl Default for FinderConfig {
             enabled: true,
             interval_secs: 60,
             batch: 5_000,
+            max_new_per_hour: 500,
+            max_new_per_site_per_hour: 20,
         }
     }
 }
@@ -296,6 +302,9 @@ pub struct SyncConfig {
     pub live_turn_secs: u64,
     /// Pages one relay may fetch per turn before yielding its slot (default: 2,000).
     pub max_pages_per_turn: u64,
+    /// Wall time of a turn's backfill before the relay's session slot is released (default:
+    /// 600 s); the relay is due again at once.
+    pub max_turn_secs: u64,
     /// Reconnect backoff bounds, seconds (default: 5 and 3,600).
     pub backoff_min_secs: u64,
     pub backoff_max_secs: u64,
@@ -323,6 +332,7 @@ impl Default for SyncConfig {
             idle_timeout_secs: 60,
             live_turn_secs: 600,
             max_pages_per_turn: 2_000,
+            max_turn_secs: 600,
             backoff_min_secs: 5,
             backoff_max_secs: 3_600,
             max_narrowing_queries: 256,
@@ -522,6 +532,7 @@ impl Config {
             ("sync.idle_timeout_secs", self.sync.idle_timeout_secs),
             ("sync.live_turn_secs", self.sync.live_turn_secs),
             ("sync.max_pages_per_turn", self.sync.max_pages_per_turn),
+            ("sync.max_turn_secs", self.sync.max_turn_secs),
             ("sync.backoff_min_secs", self.sync.backoff_min_secs),
             (
                 "network.connect_timeout_secs",

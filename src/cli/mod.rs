@@ -316,7 +316,9 @@ fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncConte
         keys,
         shutdown,
         stats: std::sync::Arc::new(SyncStats::default()),
-        page_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(cfg.sync.max_pages_in_flight)),
+        buffer_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            cfg.sync.max_pages_in_flight * cfg.sync.max_page_mb * 1024,
+        )),
         spool_max: cfg.spool_enabled().then_some(cfg.spool.max_entries),
         min_free_disk_mb: cfg.storage.min_free_disk_mb,
         data_dir: cfg.data_dir(),
@@ -378,9 +380,13 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
                 Duration::from_secs(cfg.finder.interval_secs),
                 shutdown.clone(),
             );
+            let limits = (
+                cfg.finder.max_new_per_hour,
+                cfg.finder.max_new_per_site_per_hour,
+            );
             sup.spawn("finder", move || {
                 let (s, p, sd) = (s.clone(), p.clone(), sd.clone());
-                async move { Ok(finder::run(s, p, b, i, sd).await?) }
+                async move { Ok(finder::run(s, p, b, limits, i, sd).await?) }
             });
         }
         if cfg.sync.enabled {

@@ -229,13 +229,13 @@ impl Dialer {
             .to_string();
         let port = url.port();
         let fut = async {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|source| DialError::Dns {
-                    url: url.to_string(),
-                    source,
-                })?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                super::resolve::lookup(&host, port)
+                    .await
+                    .map_err(|source| DialError::Dns {
+                        url: url.to_string(),
+                        source,
+                    })?;
             let allowed_by_name =
                 self.policy.allow_local || self.policy.allow_hosts.iter().any(|h| h == url.host());
             let mut last = None;

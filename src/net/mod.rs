@@ -4,6 +4,7 @@
 pub mod dialer;
 pub mod http;
 pub mod nip11;
+pub mod resolve;
 pub mod socks;
 pub mod tls;
 #[cfg(feature = "tor")]

@@ -666,33 +666,74 @@ impl State {
     }
 
     /// Delete observations older than `before`, except those with `id > keep_after` (not yet
-    /// shipped), then documents nothing refers to. Returns (observations, documents) deleted.
+    /// shipped), then the documents only they referred to. Returns (observations, documents)
+    /// deleted. Runs in chunks of [`PRUNE_CHUNK`] observations, one short transaction each, so
+    /// the state connection is never held for long whatever a month of history holds; every
+    /// statement uses an index (see the query-plan test).
     pub fn prune_history(
         &self,
         before: i64,
         keep_after: Option<i64>,
     ) -> Result<(usize, usize), StateError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let obs = tx.execute(
-            "DELETE FROM observation WHERE checked_at < ?1 AND id <= ?2",
-            params![before, keep_after.unwrap_or(i64::MAX)],
-        )?;
-        tx.execute(
-            "DELETE FROM uptime_day WHERE day < ?1",
-            [before.div_euclid(86_400)],
-        )?;
-        let docs = tx.execute(
-            "DELETE FROM monitor_document WHERE
-                NOT EXISTS (SELECT 1 FROM observation o WHERE o.document_id = monitor_document.id)
-                AND id NOT IN (SELECT nip11_id FROM relay_health WHERE nip11_id IS NOT NULL)
-                AND id NOT IN (SELECT nip66_id FROM relay_health WHERE nip66_id IS NOT NULL)",
-            [],
-        )?;
-        tx.commit()?;
+        let (mut obs, mut docs) = (0, 0);
+        loop {
+            let (o, d) = self.prune_chunk(before, keep_after.unwrap_or(i64::MAX))?;
+            obs += o;
+            docs += d;
+            if o < PRUNE_CHUNK {
+                break;
+            }
+            // Let the other users of the connection (sync cursors, checks) in between chunks.
+            std::thread::yield_now();
+        }
+        self.conn()
+            .execute(PRUNE_UPTIME, [before.div_euclid(86_400)])?;
         Ok((obs, docs))
     }
+
+    fn prune_chunk(&self, before: i64, keep_after: i64) -> Result<(usize, usize), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let victims: Vec<(i64, String)> = {
+            let mut st = tx.prepare_cached(PRUNE_SELECT)?;
+            let rows = st.query_map(params![before, keep_after, PRUNE_CHUNK as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        {
+            let mut del = tx.prepare_cached("DELETE FROM observation WHERE id = ?1")?;
+            for (id, _) in &victims {
+                del.execute([id])?;
+            }
+        }
+        let mut candidates: Vec<&str> = victims.iter().map(|(_, d)| d.as_str()).collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut docs = 0;
+        {
+            let mut del = tx.prepare_cached(PRUNE_DOCUMENT)?;
+            for d in candidates {
+                docs += del.execute([d])?;
+            }
+        }
+        tx.commit()?;
+        Ok((victims.len(), docs))
+    }
 }
+
+/// Observations deleted per prune transaction (a few milliseconds of the state connection).
+pub const PRUNE_CHUNK: usize = 2_000;
+
+/// The oldest prunable observations, by the `observation_time` index.
+const PRUNE_SELECT: &str = "SELECT id, document_id FROM observation
+     WHERE checked_at < ?1 AND id <= ?2 ORDER BY checked_at LIMIT ?3";
+/// A document, if nothing refers to it any more (each test by an index).
+const PRUNE_DOCUMENT: &str = "DELETE FROM monitor_document WHERE id = ?1
+    AND NOT EXISTS (SELECT 1 FROM observation WHERE document_id = ?1)
+    AND NOT EXISTS (SELECT 1 FROM relay_health WHERE nip11_id = ?1)
+    AND NOT EXISTS (SELECT 1 FROM relay_health WHERE nip66_id = ?1)";
+const PRUNE_UPTIME: &str = "DELETE FROM uptime_day WHERE day < ?1";
 
 /// Add `[from, to)` to the relay's up or down time, split at UTC midnights.
 fn credit_span(
@@ -868,6 +909,72 @@ mod tests {
         assert_eq!(st.history(id, 0, i64::MAX, 10).unwrap().len(), 2);
         let days = st.daily_uptime(id, 0).unwrap();
         assert!(days.is_empty(), "nip11 checks are not opens: {days:?}");
+    }
+
+    #[test]
+    fn pruning_runs_in_chunks_and_keeps_documents_still_referred_to() {
+        let (_d, st, id) = setup();
+        // Old checks, each with its own NIP-66 document, then one recent check whose document
+        // the relay's current state refers to.
+        let n = PRUNE_CHUNK * 2 + 7;
+        for t in 0..n as i64 {
+            let out = CheckOutcome {
+                ok: true,
+                document: serde_json::json!({ "n": t }),
+                ..Default::default()
+            };
+            st.record_check(id, CheckKind::Nip66, t, &out, &SCHED)
+                .unwrap();
+        }
+        let keep = CheckOutcome {
+            ok: true,
+            document: serde_json::json!({ "n": "current" }),
+            ..Default::default()
+        };
+        st.record_check(id, CheckKind::Nip66, 1_000_000, &keep, &SCHED)
+            .unwrap();
+        let (obs, docs) = st.prune_history(500_000, None).unwrap();
+        assert_eq!((obs, docs), (n, n), "every old check and its document");
+        let left: Vec<String> = st
+            .conn()
+            .prepare("SELECT data FROM monitor_document")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![r#"{"n":"current"}"#.to_string()]);
+        assert_eq!(st.prune_history(500_000, None).unwrap(), (0, 0));
+    }
+
+    /// Every periodic statement finds its rows by an index: a month of state (millions of
+    /// observations, a large registry) must cost what a day of it costs.
+    #[test]
+    fn periodic_queries_use_indexes() {
+        let (_d, st, _) = setup();
+        let conn = st.conn();
+        for sql in [
+            PRUNE_SELECT,
+            PRUNE_DOCUMENT,
+            PRUNE_UPTIME,
+            super::super::state::DUE_RELAYS,
+            super::super::state::DUE_NEW_RELAYS,
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let args = vec![1i64; stmt.parameter_count()];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for step in &plan {
+                assert!(
+                    !step.starts_with("SCAN ") || step.contains("USING"),
+                    "full scan in {sql}: {plan:?}"
+                );
+                assert!(!step.contains("TEMP B-TREE"), "sort in {sql}: {plan:?}");
+            }
+        }
     }
 
     #[test]

@@ -118,12 +118,27 @@ impl Stores {
             }
         };
         let state = State::open(&dir.join("state.sqlite"))?;
+        // A clock that ran ahead (and was corrected) must not leave relays scheduled, or
+        // cursors "proven", in the future: never synced again until that date.
+        let slack = (cfg.sync.backoff_max_secs.max(cfg.monitor.max_backoff_secs) as i64)
+            .saturating_add(FUTURE_SLACK_SECS);
+        let reset = state.repair_future_times(state::now(), slack)?;
+        if reset > 0 {
+            tracing::warn!(
+                relays = reset,
+                "sync cursors lay in the future (the clock ran ahead); their history is checked again"
+            );
+        }
         Ok(Stores {
             events: Arc::new(events),
             state: Arc::new(state),
         })
     }
 }
+
+/// How far beyond the longest configured backoff a stored time may lie before it is treated
+/// as written by a clock that ran ahead (the check intervals are all shorter than a day).
+const FUTURE_SLACK_SECS: i64 = 2 * 86_400;
 
 /// Free space on the filesystem holding `path`, MiB (`None` if it cannot be determined).
 pub fn free_disk_mb(path: &Path) -> Option<u64> {

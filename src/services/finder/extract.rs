@@ -1,48 +1,81 @@
 //! Which strings in an event are relay URLs (PROTOCOL.md, "Where relay URLs come from").
 //! Pure: returns raw candidates; the Finder normalizes them and applies the SSRF policy.
 
+use std::borrow::Cow;
+
 use crate::protocol::Event;
+
+/// Candidates taken from one event: a real relay list names a few dozen relays; an event naming
+/// thousands is a flood, and its tail is ignored.
+pub const MAX_CANDIDATES_PER_EVENT: usize = 64;
 
 /// NIP-51 lists whose `relay` tags name relays: blocked (10006), search (10007), favourite
 /// relays (10012), DM relays (10050), relay sets (30002).
 const RELAY_LIST_KINDS: [u16; 5] = [10006, 10007, 10012, 10050, 30002];
 
-/// Raw relay URL candidates in `ev`, in tag order, possibly with duplicates and junk.
-pub fn candidates(ev: &Event) -> Vec<&str> {
-    let mut out = Vec::new();
+/// Raw relay URL candidates in `ev`, in tag order, possibly with duplicates and junk; at most
+/// [`MAX_CANDIDATES_PER_EVENT`].
+pub fn candidates(ev: &Event) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
     for tag in &ev.tags {
+        if out.len() >= MAX_CANDIDATES_PER_EVENT {
+            return out;
+        }
         let (Some(name), Some(value)) = (tag.first(), tag.get(1)) else {
             continue;
         };
         match name.as_str() {
             // NIP-65 relay list; also simple-group lists (10009) carry relays in `r`.
-            "r" if ev.kind == 10002 || ev.kind == 10009 => out.push(value.as_str()),
-            "relay" if RELAY_LIST_KINDS.contains(&ev.kind) => out.push(value.as_str()),
+            "r" if ev.kind == 10002 || ev.kind == 10009 => out.push(value.into()),
+            "relay" if RELAY_LIST_KINDS.contains(&ev.kind) => out.push(value.into()),
             // NIP-66: the `d` tag of a relay discovery event is the relay URL.
-            "d" if ev.kind == 30166 => out.push(value.as_str()),
+            "d" if ev.kind == 30166 => out.push(value.into()),
             // Relay hints: third element of e/p/a/q tags on any kind.
             "e" | "p" | "a" | "q" => {
                 if let Some(hint) = tag.get(2).filter(|h| !h.is_empty()) {
-                    out.push(hint.as_str());
+                    out.push(hint.into());
                 }
             }
             _ => {}
         }
     }
-    // Kind 3's legacy relay map: {"wss://...": {"read": true, "write": true}, ...}.
+    // Kind 3's legacy relay map: {"wss://...": {"read": true, "write": true}, ...}. Parsed as a
+    // map whose keys are decoded (a key written "wss:\/\/x.com" is wss://x.com) and whose
+    // values are skipped unread; only the first keys up to the cap are kept.
     if ev.kind == 3 && ev.content.trim_start().starts_with('{') {
-        if let Ok(serde_json::Value::Object(map)) =
-            serde_json::from_str::<serde_json::Value>(&ev.content)
-        {
-            // Borrow from the content: find each key's text in it (keys are plain URLs).
-            for key in map.keys() {
-                if let Some(pos) = ev.content.find(key.as_str()) {
-                    out.push(&ev.content[pos..pos + key.len()]);
-                }
-            }
-        }
+        let room = MAX_CANDIDATES_PER_EVENT.saturating_sub(out.len());
+        out.extend(
+            relay_map_keys(&ev.content, room)
+                .into_iter()
+                .map(Cow::Owned),
+        );
     }
     out
+}
+
+/// The first `max` keys of a JSON object (decoded), or none if `content` is not one.
+fn relay_map_keys(content: &str, max: usize) -> Vec<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys(usize);
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a relay map")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if keys.len() < self.0 {
+                    keys.push(k);
+                }
+            }
+            Ok(keys)
+        }
+    }
+    serde_json::Deserializer::from_str(content)
+        .deserialize_map(Keys(max))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -119,5 +152,26 @@ mod tests {
         k3.sort();
         assert_eq!(k3, vec!["wss://x.com", "wss://y.com/"]);
         assert!(candidates(&ev(3, vec![], "not json")).is_empty());
+        // Escaped slashes are decoded (a text search for the key would miss them).
+        let escaped = ev(3, vec![], r#"{"wss:\/\/esc.com":{"read":true}}"#);
+        assert_eq!(candidates(&escaped), vec!["wss://esc.com"]);
+    }
+
+    #[test]
+    fn a_flood_of_candidates_is_capped_per_event() {
+        let map: String = (0..16_000)
+            .map(|i| format!(r#""wss://r{i}.junk.invalid":{{}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let k3 = ev(3, vec![], &format!("{{{map}}}"));
+        let c = candidates(&k3);
+        assert_eq!(c.len(), MAX_CANDIDATES_PER_EVENT);
+        assert_eq!(c[0], "wss://r0.junk.invalid");
+        let tags: Vec<Vec<String>> = (0..1_000)
+            .map(|i| vec!["r".into(), format!("wss://t{i}.junk.invalid")])
+            .collect();
+        let mut list = ev(10002, vec![], "");
+        list.tags = tags;
+        assert_eq!(candidates(&list).len(), MAX_CANDIDATES_PER_EVENT);
     }
 }
