@@ -84,6 +84,13 @@ pub fn load_or_create(key_file: &Path) -> Result<(Keys, bool), KeyError> {
         .map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, key_file).map_err(io)?;
+    // The rename is durable only once the directory is: a power cut could otherwise bring back
+    // no key file, and the next start would make a new identity.
+    if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
     Ok((keys, true))
 }
 

@@ -52,6 +52,7 @@ fn shipping_node(db: &TestDb, dbname: &str, role: &str, password: &str, extra: &
     let pwdir = tempfile::tempdir().expect("tempdir").keep();
     let pwfile = pwdir.join("db-password");
     std::fs::write(&pwfile, format!("{password}\n")).expect("write password file");
+    set_owner_only(&pwfile);
     Node::new(&format!(
         "[upstream]\ndatabase_url = \"{}\"\npassword_file = \"{}\"\nretry_min_secs = 1\nretry_max_secs = 2\n{extra}",
         db.bouncer_url(role, dbname),

@@ -53,6 +53,7 @@ async fn setup_on(db: TestDb, n: usize, url_suffix: &str, extra: &str) -> Setup 
         .expect("password printed");
     let pwfile = db.dir.join(format!("{role}.pw"));
     std::fs::write(&pwfile, &pw).expect("password file");
+    set_owner_only(&pwfile);
     let node = Node::new(&format!(
         "[upstream]\ndatabase_url = \"{}{url_suffix}\"\npassword_file = \"{}\"\nretry_min_secs = 1\nretry_max_secs = 2\n{extra}",
         db.bouncer_url(&role, &name),

@@ -39,6 +39,8 @@ pub enum ArchiveError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the password file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
+    PasswordFileOpen { path: String, mode: u32 },
     #[error("cannot use the CA file {path}: {message}")]
     CaFile { path: String, message: String },
     #[error("connecting to {target} timed out after {secs} s")]
@@ -355,13 +357,31 @@ pub fn password_from(file: Option<&Path>) -> Result<Option<String>, ArchiveError
             return Ok(Some(p));
         }
     }
-    let Some(path) = file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| ArchiveError::PasswordFile {
+    match file {
+        Some(path) => read_password_file(path),
+        None => Ok(None),
+    }
+}
+
+/// The first line of a password file that only its owner can read.
+fn read_password_file(path: &Path) -> Result<Option<String>, ArchiveError> {
+    let err = |source| ArchiveError::PasswordFile {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    // A secret other users can read is refused, as ssh refuses such a key: the fix is one chmod.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(ArchiveError::PasswordFileOpen {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(err)?;
     Ok(text
         .lines()
         .next()
@@ -435,6 +455,19 @@ fn rustls_pemfile_certs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_password_file(&f).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password_file(&f).unwrap().as_deref(), Some("s3cret"));
+    }
 
     #[test]
     fn sqlstates_are_classified() {

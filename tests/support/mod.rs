@@ -350,3 +350,9 @@ pub async fn stop_gracefully(mut child: std::process::Child, within: std::time::
 pub fn row_for(rows: &serde_json::Value, url: &str) -> Option<serde_json::Value> {
     rows.as_array()?.iter().find(|r| r["url"] == url).cloned()
 }
+
+/// Mode 0600, as the node demands of a secret file.
+pub fn set_owner_only(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
