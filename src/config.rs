@@ -600,8 +600,12 @@ impl Config {
                 }
             }
         }
-        if !(1..=16).contains(&self.upstream.connections) {
-            return Err(bad("upstream.connections", "must be between 1 and 16"));
+        if !(1..=crate::archive::admin::NODE_CONNECTION_LIMIT).contains(&self.upstream.connections)
+        {
+            return Err(bad(
+                "upstream.connections",
+                "must be between 1 and 4 (the archive allows each node role 4 connections)",
+            ));
         }
         if !(1..=1024).contains(&self.upstream.batch_max_mb) {
             return Err(bad("upstream.batch_max_mb", "must be between 1 and 1024"));

@@ -25,7 +25,19 @@ fn admin(db: &TestDb, dbname: &str, args: &[&str]) -> Output {
         .expect("run bigbrotr archive")
 }
 
+/// A migrated archive that takes any node role's key (these tests are about shipping; the
+/// default for a new archive, bound keys only, has its own test).
 fn migrated(db: &TestDb) -> String {
+    let name = strict_archive(db);
+    db.psql(
+        &name,
+        "UPDATE archive_setting SET value = 'false' WHERE key = 'require_bound_keys'",
+    );
+    name
+}
+
+/// A migrated archive with the defaults of a new one.
+fn strict_archive(db: &TestDb) -> String {
     let name = db.create_db();
     let out = admin(db, &name, &["migrate"]);
     assert!(out.status.success(), "migrate: {}", stderr(&out));
@@ -401,7 +413,7 @@ fn migrate_is_idempotent_concurrent_and_checksummed() {
     assert_eq!(applied_now, 1, "exactly one run applied the file");
     assert_eq!(
         count(db, &name, "SELECT count(*) FROM bigbrotr_migration"),
-        1
+        bigbrotr::archive::migrate::MIGRATIONS.len() as u64
     );
     let out = admin(db, &name, &["migrate"]);
     assert!(stdout(&out).contains("already applied 0001_archive.sql"));
@@ -416,7 +428,10 @@ fn migrate_is_idempotent_concurrent_and_checksummed() {
     assert!(checks.as_array().unwrap().len() > 20);
 
     // An applied file edited afterwards: refused, and named.
-    db.psql(&name, "UPDATE bigbrotr_migration SET checksum = 'edited'");
+    db.psql(
+        &name,
+        "UPDATE bigbrotr_migration SET checksum = 'edited' WHERE version = 1",
+    );
     let out = admin(db, &name, &["migrate"]);
     assert!(!out.status.success());
     assert!(
@@ -439,7 +454,7 @@ fn migrate_is_idempotent_concurrent_and_checksummed() {
     ));
     db.psql(
         &name,
-        &format!("UPDATE bigbrotr_migration SET checksum = '{real}'"),
+        &format!("UPDATE bigbrotr_migration SET checksum = '{real}' WHERE version = 1"),
     );
     let out = admin(db, &name, &["verify"]);
     assert!(out.status.success(), "restored: {}", stdout(&out));
@@ -742,6 +757,10 @@ async fn run_ships_and_pauses_syncing_at_the_spool_quota() {
     );
     let out = admin(db, &name, &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    db.psql(
+        &name,
+        "UPDATE archive_setting SET value = 'false' WHERE key = 'require_bound_keys'",
+    );
     let t = std::time::Instant::now();
     while count(db, &name, "SELECT count(*) FROM event") < 600 {
         assert!(
@@ -976,4 +995,96 @@ async fn monitor_observations_reach_the_archive_per_vantage_node() {
         ),
         2
     );
+}
+
+/// A new archive takes events only from node keys an operator bound: an unbound node's ship is
+/// refused with the command that fixes it, and ships once the key is bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_archive_refuses_node_keys_nobody_bound() {
+    let db = TestDb::shared();
+    let name = strict_archive(db);
+    let key = nostr::Keys::generate();
+    let (sk, pk) = (key.secret_key().to_secret_hex(), key.public_key().to_hex());
+    let (role, pw) = node_role(db, &name);
+    let relay = local_relay(&notes(3, &keys(1), |i| T0 + i as u64), RelayOpts::default()).await;
+    let node = shipping_node(db, &name, &role, &pw, "give_up_secs = 1\n");
+    let out = sync_then_ship_as(&node, &relay.url, &sk).await;
+    assert!(!out.status.success(), "an unbound key shipped");
+    assert!(
+        stderr(&out).contains("--key"),
+        "the error names the fix: {}",
+        stderr(&out)
+    );
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event"), 0);
+    let out = admin(db, &name, &["node", "add", &role, "--key", &pk]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sync_then_ship_as(&node, &relay.url, &sk).await;
+    assert!(out.status.success(), "bound: {}", stderr(&out));
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event"), 3);
+    // The role got the node limits.
+    assert_eq!(
+        db.psql(
+            &name,
+            &format!("SELECT rolconnlimit, array_to_string(rolconfig, ',') FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        "4|statement_timeout=60s"
+    );
+}
+
+/// A node that ships a real event's id, pubkey and sig with other content is refused (the
+/// archive recomputes the id), and the honest copy shipped later is stored as signed, with the
+/// node that inserted it recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_copy_is_refused_and_cannot_shadow_the_real_event() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let k = keys(1);
+    let real = sign_event(
+        &k[0],
+        T0 + 5,
+        1,
+        vec![vec!["t".into(), "x".into()]],
+        "the real text",
+    );
+    let (forger, fpw) = node_role(db, &name);
+    let forged_call = |content: &str| {
+        format!(
+            "SELECT events_new FROM ingest_batch('\\x{node}', ARRAY['wss://r.example']::text[], \
+             ARRAY['clearnet']::text[], ARRAY[1]::bigint[], ARRAY['\\x{id}']::bytea[], \
+             ARRAY['\\x{pk}']::bytea[], ARRAY[{ca}]::bigint[], ARRAY[1]::integer[], \
+             ARRAY['[[\"t\",\"x\"]]']::text[], ARRAY['{content}']::text[], ARRAY['\\x{sig}']::bytea[], \
+             ARRAY[]::bytea[], ARRAY[]::text[], ARRAY[]::bigint[])",
+            node = "c3".repeat(32),
+            id = real.id,
+            pk = real.pubkey,
+            ca = real.created_at,
+            sig = real.sig,
+        )
+    };
+    let err = db
+        .psql_as(&forger, &fpw, &name, &forged_call("forged text"))
+        .expect_err("a forged event was accepted");
+    assert!(err.contains("does not match its id"), "{err}");
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event"), 0);
+    // The same call with the real content is accepted: the check is the id, not the caller.
+    assert_eq!(
+        db.psql_as(&forger, &fpw, &name, &forged_call("the real text"))
+            .as_deref(),
+        Ok("1")
+    );
+    assert_eq!(
+        db.psql(
+            &name,
+            "SELECT content || '|' || encode(first_node, 'hex') FROM event"
+        ),
+        format!("the real text|{}", "c3".repeat(32))
+    );
+    // An honest node's shipment adds its sighting; the stored event is the signed one.
+    let relay = HostileRelay::start(vec![real.clone()], Options::default()).await;
+    let (honest, hpw) = node_role(db, &name);
+    let node = shipping_node(db, &name, &honest, &hpw, "");
+    let key = nostr::Keys::generate().secret_key().to_secret_hex();
+    let out = sync_then_ship_as(&node, &relay.url(), &key).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_archive_faithful(db, &name);
 }

@@ -40,6 +40,11 @@ async fn setup_on(db: TestDb, n: usize, url_suffix: &str, extra: &str) -> Setup 
     };
     let out = admin(&["migrate"]);
     assert!(out.status.success(), "migrate: {}", stderr(&out));
+    // Any node key (these tests are about faults, not binding; tests/archive.rs has that).
+    db.psql(
+        &name,
+        "UPDATE archive_setting SET value = 'false' WHERE key = 'require_bound_keys'",
+    );
     let role = db.role_name("node");
     let out = admin(&["node", "add", &role]);
     assert!(out.status.success(), "node add: {}", stderr(&out));

@@ -14,61 +14,10 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::ns::{counted_resolver_files, dns_counter, in_namespace};
+use support::ns::{counted_resolver_files, dns_counter, in_namespace, in_netns, KillOnDrop};
 use support::*;
 
 const T0: u64 = 1_720_000_000;
-
-/// Move this thread (and every thread and process it starts from now on) into a new network
-/// namespace with only the loopback interface, up.
-fn enter_loopback_only_netns() {
-    // SAFETY: unshare(2) on the calling thread; no memory is shared with the kernel.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET) failed ({}): this test needs root (CAP_SYS_ADMIN), as CI has",
-        std::io::Error::last_os_error()
-    );
-    let up = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("ip (iproute2; scripts/bootstrap installs it)");
-    assert!(up.success(), "ip link set lo up");
-    // Proof that nothing else is reachable from here.
-    let out = std::net::TcpStream::connect_timeout(
-        &"192.0.2.1:9".parse().unwrap(), // TEST-NET-1: never routed, and no route here at all
-        Duration::from_millis(200),
-    );
-    let err = out.expect_err("no route outside loopback");
-    assert_eq!(
-        err.raw_os_error(),
-        Some(libc::ENETUNREACH),
-        "expected 'network unreachable', got {err}"
-    );
-}
-
-fn in_netns(body: impl std::future::Future<Output = ()>) {
-    enter_loopback_only_netns();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body);
-}
-
-/// A spawned `run` that is killed if the test fails before stopping it.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// `bigbrotr --config <node> args` in a mount namespace that resolves names only through the
 /// counting resolver of [`dns_counter`].

@@ -33,6 +33,11 @@ pub fn valid_role_name(name: &str) -> bool {
         && name != super::migrate::READER_ROLE
 }
 
+/// Connections one node role may hold at once (`upstream.connections` is at most this).
+pub const NODE_CONNECTION_LIMIT: usize = 4;
+/// The node roles' `statement_timeout` (a batch is one statement).
+pub const NODE_STATEMENT_TIMEOUT: &str = "60s";
+
 pub async fn node_add(conn: &mut Conn, name: &str, reset: bool) -> Result<NodeRole, ArchiveError> {
     if !valid_role_name(name) {
         return Err(ArchiveError::Other(format!(
@@ -93,10 +98,17 @@ pub async fn node_add(conn: &mut Conn, name: &str, reset: bool) -> Result<NodeRo
             .as_ref()
             .map(|v| format!(" PASSWORD '{}'", v.replace('\'', "''")))
             .unwrap_or_default();
+        // A node needs a few connections (`upstream.connections`, at most 4) and no statement
+        // runs for a minute: a compromised node cannot take the archive's connections or
+        // hold locks for long (migrations/0002_integrity.sql sets the same on older roles).
+        let limits = format!(
+            "ALTER ROLE {name} CONNECTION LIMIT {NODE_CONNECTION_LIMIT}; \
+             ALTER ROLE {name} SET statement_timeout = '{NODE_STATEMENT_TIMEOUT}'"
+        );
         let sql = if exists {
-            format!("ALTER ROLE {name} LOGIN{pw_clause}; GRANT {NODE_ROLE} TO {name}")
+            format!("ALTER ROLE {name} LOGIN{pw_clause}; GRANT {NODE_ROLE} TO {name}; {limits}")
         } else {
-            format!("CREATE ROLE {name} LOGIN{pw_clause} IN ROLE {NODE_ROLE}")
+            format!("CREATE ROLE {name} LOGIN{pw_clause} IN ROLE {NODE_ROLE}; {limits}")
         };
         match conn.simple(&sql).await {
             Ok(_) => {

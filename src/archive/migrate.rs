@@ -17,11 +17,18 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_archive.sql",
-    sql: include_str!("../../migrations/0001_archive.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_archive.sql",
+        sql: include_str!("../../migrations/0001_archive.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_integrity.sql",
+        sql: include_str!("../../migrations/0002_integrity.sql"),
+    },
+];
 
 /// Arbitrary constant: the advisory lock every migration transaction takes.
 const LOCK_KEY: i64 = 0x6269_6762_726f_7472; // "bigbrotr"

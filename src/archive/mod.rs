@@ -195,8 +195,16 @@ impl ArchiveError {
         let c = self.code()?;
         Some(match c {
             "42883" | "42P01" => "the archive schema is missing or old: run `bigbrotr archive migrate`",
+            "42501" if self.to_string().contains("not bound") => {
+                "the archive accepts only node keys an operator bound: on the archive, run \
+                 `bigbrotr archive node add NAME --key <this node's public key>`"
+            }
             "42501" => {
                 "permission denied: the role must be in bigbrotr_node (`bigbrotr archive node add NAME`)"
+            }
+            "22BB1" => {
+                "the archive recomputed an event id and it did not match: this node sent an \
+                 altered event (a bug or a compromise); the event is set aside"
             }
             "3D000" => "the database in the URL does not exist",
             _ => return None,
