@@ -92,6 +92,15 @@ const SCHEMA: &[&str] = &[
     CREATE INDEX relay_health_nip11 ON relay_health (nip11_id);
     CREATE INDEX relay_health_nip66 ON relay_health (nip66_id);
     CREATE INDEX uptime_day_day ON uptime_day (day);",
+    // version 5: row counts kept by triggers (`status` must not count millions of rows)
+    "CREATE TABLE row_count (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    INSERT INTO row_count (name, n) SELECT 'observation', count(*) FROM observation;
+    CREATE TRIGGER observation_counted_in AFTER INSERT ON observation BEGIN
+        UPDATE row_count SET n = n + 1 WHERE name = 'observation';
+    END;
+    CREATE TRIGGER observation_counted_out AFTER DELETE ON observation BEGIN
+        UPDATE row_count SET n = n - 1 WHERE name = 'observation';
+    END;",
 ];
 
 /// Relays due for a sync session that have answered before (by the `relay_due_known` index),
