@@ -838,3 +838,59 @@ fn history_kinds(show: &serde_json::Value) -> Vec<&str> {
         .map(|h| h["type"].as_str().unwrap())
         .collect()
 }
+
+/// Peak RSS of this process's waited-for children, KiB (Linux: ru_maxrss is in KiB).
+fn children_max_rss_kib() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru.ru_maxrss
+    }
+}
+
+/// 32 relays serving a NIP-11 document that holds a 1 MiB array of zeros: parsed whole into a
+/// `serde_json::Value`, each became tens of MiB, and `monitor --once` over them peaked at 427 MB
+/// (past the unit's 256 MB limit). Now only the known fields are read and the array is skipped
+/// unread, and the sweep's peak RSS stays under 100 MB. Runs the sweep over registered relays,
+/// so in a loopback-only network namespace.
+#[test]
+fn hostile_nip11_documents_stay_small_in_memory() {
+    support::ns::in_netns(async {
+        let zeros = format!(r#"{{"name":"zeros","junk":[{}0]}}"#, "0,".repeat(520_000));
+        let mut relays = Vec::new();
+        for _ in 0..32 {
+            relays.push(HostileRelay::serving_nip11(&zeros).await);
+        }
+        let node = Node::new("[monitor]\nwrite_test = false\n");
+        for r in &relays {
+            let out = node.run(&["relays", "add", &r.url()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let before = children_max_rss_kib();
+        let mut c = node.cmd();
+        c.args(["monitor", "--once", "--json"]);
+        let out = tokio::task::spawn_blocking(move || c.output().expect("monitor"))
+            .await
+            .unwrap();
+        let peak = children_max_rss_kib();
+        assert!(peak > before, "the sweep's own peak is the children's peak");
+        let reports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let read = reports
+            .as_array()
+            .expect("one report per relay")
+            .iter()
+            .filter(|r| r["nip11"]["name"] == "zeros")
+            .count();
+        assert_eq!(read, 32, "every document read: {reports}");
+        eprintln!(
+            "monitor --once over 32 hostile NIP-11 servers: peak RSS {} MiB",
+            peak / 1024
+        );
+        assert!(
+            peak < 100 * 1024,
+            "peak RSS {} MiB (goal < 100 MiB)",
+            peak / 1024
+        );
+    });
+}
