@@ -404,13 +404,17 @@ fn migrate_is_idempotent_concurrent_and_checksummed() {
     for o in &outs {
         assert!(o.status.success(), "concurrent migrate: {}", stderr(o));
     }
-    let applied_now = outs
-        .iter()
-        .filter(|o| {
-            stdout(o).contains("applied 0001_archive.sql") && !stdout(o).contains("already")
-        })
-        .count();
-    assert_eq!(applied_now, 1, "exactly one run applied the file");
+    for m in bigbrotr::archive::migrate::MIGRATIONS {
+        let applied_now = outs
+            .iter()
+            .filter(|o| {
+                stdout(o)
+                    .lines()
+                    .any(|l| l.trim() == format!("applied {}", m.name))
+            })
+            .count();
+        assert_eq!(applied_now, 1, "exactly one run applied {}", m.name);
+    }
     assert_eq!(
         count(db, &name, "SELECT count(*) FROM bigbrotr_migration"),
         bigbrotr::archive::migrate::MIGRATIONS.len() as u64
