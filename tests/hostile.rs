@@ -415,21 +415,23 @@ async fn nip11_max_limit_lowers_the_page_limit() {
     );
 }
 
+/// 3,000 events on a relay that adds the 3 oldest it left out to every answer.
+async fn stray_relay() -> (Vec<RawEvent>, HostileRelay) {
+    let events = raw_notes(3_000, &keys(3), |i| T0 + i as u64);
+    let opts = Options {
+        stray_older: 3,
+        ..Options::default()
+    };
+    (events.clone(), HostileRelay::start(events, opts).await)
+}
+
 /// A relay whose answers are correct newest-first but carry a few matching events from far
 /// older (unsorted storage, stale caches). The oldest event of a page then proves nothing: a
 /// pass that trusted it skipped everything between and still said "complete" (seen: 4,393 of
 /// 19,999 events). With the node asking exactly the clamp, the limit-th newest bounds the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_old_events_never_let_a_pass_skip_history() {
-    let events = raw_notes(3_000, &keys(3), |i| T0 + i as u64);
-    let relay = HostileRelay::start(
-        events.clone(),
-        Options {
-            stray_older: 3,
-            ..Options::default()
-        },
-    )
-    .await;
+    let (events, relay) = stray_relay().await;
     let node = fast_node();
     archives_completely(&node, &relay.url(), &ids(&events)).await;
 }
@@ -439,15 +441,7 @@ async fn stray_old_events_never_let_a_pass_skip_history() {
 /// the relay is caught, and its windows are narrowed until answers are short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_old_events_behind_a_silent_clamp_mark_the_relay_misordered() {
-    let events = raw_notes(3_000, &keys(3), |i| T0 + i as u64);
-    let relay = HostileRelay::start(
-        events.clone(),
-        Options {
-            stray_older: 3,
-            ..Options::default()
-        },
-    )
-    .await;
+    let (events, relay) = stray_relay().await;
     let node = Node::new("[sync]\npage_timeout_secs = 3\npage_limit = 1000\n");
     archives_completely(&node, &relay.url(), &ids(&events)).await;
     let misordered =

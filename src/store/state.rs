@@ -286,32 +286,19 @@ impl State {
         key: &str,
         value: &str,
     ) -> Result<usize, StateError> {
-        let mut conn = self.conn();
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        let r = self.register_on(&mut conn, urls, source, service, key, value);
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        r
-    }
-
-    fn register_on(
-        &self,
-        conn: &mut Connection,
-        urls: &[RelayUrl],
-        source: &str,
-        service: &str,
-        key: &str,
-        value: &str,
-    ) -> Result<usize, StateError> {
-        let tx = conn.transaction()?;
-        let mut added = 0;
-        for url in urls {
-            if add_relay_on(&tx, url, source)?.1 {
-                added += 1;
+        let conn = self.conn();
+        durably(&conn, |c| {
+            let tx = c.unchecked_transaction()?;
+            let mut added = 0;
+            for url in urls {
+                if add_relay_on(&tx, url, source)?.1 {
+                    added += 1;
+                }
             }
-        }
-        set_state_on(&tx, service, key, value)?;
-        tx.commit()?;
-        Ok(added)
+            set_state_on(&tx, service, key, value)?;
+            tx.commit()?;
+            Ok(added)
+        })
     }
 
     /// Those of `urls` not registered yet (one indexed lookup each, under one lock).

@@ -369,16 +369,8 @@ impl Session<'_> {
                 }
             }
         };
-        if done {
-            cur = Cursor {
-                done_until: Some(top),
-                pass_top: None,
-                pass_frontier: None,
-            };
-        }
         // The page's events are durable (fetch -> ingest -> write_page returned): now the cursor.
-        state.set_cursor(self.relay, &cur, res.received, res.write.new_events)?;
-        Ok(done)
+        self.save_cursor(cur, done, top, &res)
     }
 
     /// One page for a relay caught answering out of order: no order is assumed. A window
@@ -392,7 +384,6 @@ impl Session<'_> {
         top: u64,
         frontier: u64,
     ) -> Result<bool, SyncError> {
-        let state = self.ctx.stores.state.clone();
         let span = frontier.saturating_sub(floor) + 1;
         let window = self.window.unwrap_or(span).clamp(1, span);
         let since = frontier + 1 - window;
@@ -433,13 +424,32 @@ impl Session<'_> {
         };
         if done {
             self.window = None;
-            cur = Cursor {
+        }
+        self.save_cursor(cur, done, top, &res)
+    }
+
+    /// Write the cursor after a page (its events are durable): a finished pass makes
+    /// `done_until` its top.
+    fn save_cursor(
+        &self,
+        cur: Cursor,
+        done: bool,
+        top: u64,
+        res: &PageResult,
+    ) -> Result<bool, SyncError> {
+        let cur = if done {
+            Cursor {
                 done_until: Some(top),
                 pass_top: None,
                 pass_frontier: None,
-            };
-        }
-        state.set_cursor(self.relay, &cur, res.received, res.write.new_events)?;
+            }
+        } else {
+            cur
+        };
+        self.ctx
+            .stores
+            .state
+            .set_cursor(self.relay, &cur, res.received, res.write.new_events)?;
         Ok(done)
     }
 
