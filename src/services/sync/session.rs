@@ -159,6 +159,8 @@ struct Session<'a> {
     neg_silent: bool,
     /// Window width for a relay caught out of order (`careful_step`).
     window: Option<u64>,
+    /// Largest answer (events inside the window) such a relay gave in this session.
+    careful_max: u64,
     /// Requests sent in this session (pages, probes, narrowing, ids): what a turn budgets.
     requests: u64,
     outcome: Outcome,
@@ -229,6 +231,7 @@ pub async fn run(
         count_silent: false,
         neg_silent: false,
         window: None,
+        careful_max: 0,
         requests: 0,
         outcome: Outcome::default(),
     };
@@ -397,12 +400,18 @@ impl Session<'_> {
         if res.answered.is_empty() {
             self.refuse_window_ignored(&res)?;
         }
+        // Short = below the clamp recorded when the relay was caught AND below the largest
+        // answer it gave in this session (a relay may lower its clamp; the first answer of a
+        // session is never taken as short).
+        let k = res.answered.len() as u64;
         let cap = self
             .caps
             .misordered_cap
             .unwrap_or(self.limit)
-            .min(self.limit);
-        let short = (res.answered.len() as u64) < cap && res.received < self.limit;
+            .min(self.limit)
+            .min(self.careful_max);
+        self.careful_max = self.careful_max.max(k);
+        let short = k < cap && res.received < self.limit;
         let proven_to = if short {
             self.window = Some(window.saturating_mul(2));
             Some(since)
