@@ -484,3 +484,44 @@ async fn a_relay_ignoring_the_window_never_completes_a_pass() {
         stderr(&out)
     );
 }
+
+/// An event larger than `network.max_message_bytes` breaks the websocket. The relay used to be
+/// retried at the same point forever, so its older history was never archived. Now one
+/// session gets past it: every other event is stored, the second holding it is recorded as
+/// unproven with the reason, and `sync --once` reports it instead of "complete".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_message_limit_is_passed_and_its_second_recorded() {
+    let authors = keys(2);
+    // Ordinary events on even seconds, the big one alone on an odd second in the middle.
+    let events = raw_notes(1_200, &authors, |i| T0 + 2 * i as u64);
+    let big_at = T0 + 2 * 700 + 1;
+    let big = sign_event(&authors[0], big_at, 1, vec![], &"x".repeat(100_000));
+    let mut served = events.clone();
+    served.push(big);
+    let relay = HostileRelay::start(served, Options::default()).await;
+    let node = fast_node();
+    let cfg = std::fs::read_to_string(&node.config).unwrap().replacen(
+        "connect_timeout_secs = 5\n",
+        "connect_timeout_secs = 5\nmax_message_bytes = 65536\n",
+        1,
+    );
+    std::fs::write(&node.config, cfg).unwrap();
+    let out = node.sync_no_retry(&relay.url()).await;
+    assert!(
+        !out.status.success(),
+        "a pass with an unproven second is not complete"
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!text.contains("archived completely"), "{text}");
+    assert_same_ids(&node.exported_ids(), &ids(&events));
+    assert_eq!(
+        node.sqlite("SELECT second || ' ' || reason FROM unproven_second")
+            .as_deref(),
+        Some(
+            format!(
+                "{big_at} an event here is larger than network.max_message_bytes (65536 bytes)"
+            )
+            .as_str()
+        )
+    );
+}

@@ -28,6 +28,9 @@ pub enum WsError {
     Closed,
     #[error("websocket error: {0}")]
     Protocol(String),
+    /// A message over `network.max_message_bytes`: the connection cannot go on.
+    #[error("message from the relay over the size limit ({0})")]
+    TooLarge(String),
     #[error("no message from the relay within {0:?}")]
     Timeout(Duration),
 }
@@ -96,6 +99,9 @@ impl WsConnection {
                 .map_err(|_| WsError::Timeout(timeout))?;
             match next {
                 None => return Err(WsError::Closed),
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => {
+                    return Err(WsError::TooLarge(e.to_string()))
+                }
                 Some(Err(e)) => return Err(WsError::Protocol(e.to_string())),
                 Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
                 Some(Ok(Message::Close(_))) => return Err(WsError::Closed),

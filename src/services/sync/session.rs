@@ -133,6 +133,10 @@ pub struct Outcome {
 /// How often a relay's NIP-11 document is fetched again, seconds.
 const NIP11_REFRESH_SECS: i64 = 86_400;
 
+/// Events over the message size limit one session gets past before it gives up (each costs
+/// about 40 reconnections).
+const MAX_OVERSIZED_PER_SESSION: u32 = 16;
+
 /// Unproven seconds re-tried at the start of one session.
 const MAX_UNPROVEN_RETRIES: usize = 16;
 
@@ -146,7 +150,12 @@ fn now() -> u64 {
 struct Session<'a> {
     ctx: &'a SyncContext,
     relay: u32,
+    url: &'a RelayUrl,
     link: Link,
+    /// The page limit before it was halved to get past an event over the message size limit.
+    saved_limit: Option<u64>,
+    /// Events over the message size limit got past in this session.
+    oversized: u32,
     /// Limit asked per page: `sync.page_limit`, lowered to NIP-11 `max_limit`.
     limit: u64,
     /// Largest matching answer this relay gave in this session: a lower bound of its real clamp.
@@ -164,6 +173,29 @@ struct Session<'a> {
     /// Requests sent in this session (pages, probes, narrowing, ids): what a turn budgets.
     requests: u64,
     outcome: Outcome,
+}
+
+/// A protocol session with `url`, as configured.
+async fn connect(ctx: &SyncContext, url: &RelayUrl) -> Result<Link, SyncError> {
+    let keys = if ctx.cfg.auth { ctx.keys.clone() } else { None };
+    Ok(Link::connect(
+        &ctx.dialer,
+        url,
+        ctx.max_message_bytes,
+        keys,
+        Duration::from_secs(ctx.cfg.page_timeout_secs),
+        ctx.cfg.max_page_mb << 20,
+        ctx.buffer_budget.clone(),
+    )
+    .await?)
+}
+
+/// An event over `network.max_message_bytes` broke the websocket.
+fn too_large(e: &SyncError) -> bool {
+    matches!(
+        e,
+        SyncError::Link(LinkError::Ws(crate::net::ws::WsError::TooLarge(_)))
+    )
 }
 
 /// Synchronize one relay. Registers nothing: `relay` must be in the registry.
@@ -209,22 +241,14 @@ pub async fn run(
     let limit = caps
         .max_limit
         .map_or(ctx.cfg.page_limit, |m| ctx.cfg.page_limit.min(m));
-    let keys = if ctx.cfg.auth { ctx.keys.clone() } else { None };
-    let page_timeout = Duration::from_secs(ctx.cfg.page_timeout_secs);
-    let link = Link::connect(
-        &ctx.dialer,
-        url,
-        ctx.max_message_bytes,
-        keys,
-        page_timeout,
-        ctx.cfg.max_page_mb << 20,
-        ctx.buffer_budget.clone(),
-    )
-    .await?;
+    let link = connect(ctx, url).await?;
     let mut s = Session {
         ctx,
         relay,
+        url,
         link,
+        saved_limit: None,
+        oversized: 0,
         limit,
         seen_cap: 0,
         caps,
@@ -316,7 +340,10 @@ impl Session<'_> {
             limit: Some(self.limit),
             ..Filter::default()
         };
-        let mut res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        let mut res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+            Err(e) if too_large(&e) => return self.past_oversized(cur, floor, top, frontier).await,
+            other => other?,
+        };
         // `received` (every frame, junk included) bounds what the relay answered from above;
         // `n` (valid, in-window, distinct) from below. The learned cap grows only from the
         // lower bound, and "the relay had room" needs the upper bound below it, since invalid
@@ -396,7 +423,22 @@ impl Session<'_> {
             limit: Some(self.limit),
             ..Filter::default()
         };
-        let mut res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+        let mut res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+            Err(e) if too_large(&e) => {
+                self.reconnect().await?;
+                if window > 1 {
+                    self.window = Some(window / 2);
+                    return Ok(false);
+                }
+                self.record_oversized(frontier)?;
+                let done = frontier <= floor;
+                if !done {
+                    cur.pass_frontier = Some(frontier - 1);
+                }
+                return self.save_cursor(cur, done, top, &PageResult::default());
+            }
+            other => other?,
+        };
         if res.answered.is_empty() {
             self.refuse_window_ignored(&res)?;
         }
@@ -435,6 +477,94 @@ impl Session<'_> {
             self.window = None;
         }
         self.save_cursor(cur, done, top, &res)
+    }
+
+    /// The page `[floor, frontier]` broke the connection with an event over
+    /// `network.max_message_bytes` (a relay would send it again forever at the same point).
+    /// Smaller pages first (halving the limit) get the events before it; once the limit is 1,
+    /// the newest event at or below the frontier is the big one: its second is found by
+    /// bisection (a window reaching down to that second breaks the connection, one above it
+    /// does not), recorded as unproven with the reason, and the pass goes on below it.
+    async fn past_oversized(
+        &mut self,
+        mut cur: Cursor,
+        floor: u64,
+        top: u64,
+        frontier: u64,
+    ) -> Result<bool, SyncError> {
+        self.reconnect().await?;
+        if self.limit > 1 {
+            self.saved_limit.get_or_insert(self.limit);
+            self.limit = (self.limit / 2).max(1);
+            return Ok(false);
+        }
+        // A relay that breaks every request (an oversized frame before each answer, say) has
+        // no such event to get past: a request that matches nothing tells, and the session
+        // fails as it did. So does a session that met too many of them.
+        self.oversized += 1;
+        let nothing = Filter {
+            ids: vec!["00".repeat(32)],
+            limit: Some(1),
+            ..Filter::default()
+        };
+        self.fetch(vec![nothing.clone()], Some(nothing)).await?;
+        if self.oversized > MAX_OVERSIZED_PER_SESSION {
+            return Err(SyncError::Untrustworthy(format!(
+                "more than {MAX_OVERSIZED_PER_SESSION} events over network.max_message_bytes in one session"
+            )));
+        }
+        let (mut lo, mut hi) = (floor, frontier + 1);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let probe = Filter {
+                since: Some(mid),
+                until: Some(frontier),
+                limit: Some(1),
+                ..Filter::default()
+            };
+            match self.fetch(vec![probe.clone()], Some(probe)).await {
+                Err(e) if too_large(&e) => {
+                    self.reconnect().await?;
+                    lo = mid;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => hi = mid,
+            }
+        }
+        self.record_oversized(lo)?;
+        if let Some(l) = self.saved_limit.take() {
+            self.limit = l;
+        }
+        let done = lo <= floor;
+        if !done {
+            cur.pass_frontier = Some(lo - 1);
+        }
+        self.save_cursor(cur, done, top, &PageResult::default())
+    }
+
+    fn record_oversized(&self, second: u64) -> Result<(), SyncError> {
+        tracing::warn!(
+            relay = self.relay,
+            second,
+            "an event over network.max_message_bytes; its second is recorded as unproven"
+        );
+        self.ctx.stores.state.record_unproven(
+            self.relay,
+            second,
+            &format!(
+                "an event here is larger than network.max_message_bytes ({} bytes)",
+                self.ctx.max_message_bytes
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// A new websocket after the relay broke the last one.
+    async fn reconnect(&mut self) -> Result<(), SyncError> {
+        let link = connect(self.ctx, self.url).await?;
+        let old = std::mem::replace(&mut self.link, link);
+        self.link.notices = old.notices;
+        Ok(())
     }
 
     /// Write the cursor after a page (its events are durable): a finished pass makes
@@ -491,8 +621,14 @@ impl Session<'_> {
             limit: Some(self.limit),
             ..Filter::default()
         };
-        let res = self.fetch(vec![probe.clone()], Some(probe)).await?;
-        Ok(!res.answered.is_empty())
+        match self.fetch(vec![probe.clone()], Some(probe)).await {
+            // The hole holds an event too large to receive: it is not empty.
+            Err(e) if too_large(&e) => {
+                self.reconnect().await?;
+                Ok(true)
+            }
+            other => Ok(!other?.answered.is_empty()),
+        }
     }
 
     /// REQ -> ingest on a blocking thread -> counters.
@@ -572,14 +708,33 @@ impl Session<'_> {
                 limit: Some(self.limit),
                 ..Filter::default()
             };
-            let res = self.fetch(vec![filter.clone()], Some(filter)).await?;
+            let res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+                // Still holds an event over the size limit: it stays recorded as it is.
+                Err(e) if too_large(&e) => {
+                    self.reconnect().await?;
+                    continue;
+                }
+                other => other?,
+            };
             self.resolve_second(second, res.matching).await?;
         }
         Ok(())
     }
 
     /// Prove second `s` complete (or record why it cannot be), given what the relay sent for it.
+    /// An event over the message size limit in it breaks the connection: the second is then
+    /// recorded as unproven for that reason, on a new connection.
     async fn resolve_second(&mut self, s: u64, known: Vec<Matched>) -> Result<(), SyncError> {
+        match self.prove_second(s, known).await {
+            Err(e) if too_large(&e) => {
+                self.reconnect().await?;
+                self.record_oversized(s)
+            }
+            other => other,
+        }
+    }
+
+    async fn prove_second(&mut self, s: u64, known: Vec<Matched>) -> Result<(), SyncError> {
         let mut got: HashSet<[u8; 32]> = known.iter().map(|m| m.id).collect();
         let second = Filter {
             since: Some(s),
