@@ -471,6 +471,23 @@ impl EventStore {
         Ok(out)
     }
 
+    /// Delete the ingest log below `watermark` (entries the Finder has read and committed). The
+    /// entry at the watermark stays: the next sequence number is recovered from the last key
+    /// at open, and must stay above the watermark.
+    pub fn trim_ingest(&self, watermark: u64) -> Result<(), StoreError> {
+        if watermark == 0 || self.read_only {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.cf(CF_INGEST),
+            0u64.to_be_bytes(),
+            watermark.to_be_bytes(),
+        );
+        self.db.write(batch)?;
+        Ok(())
+    }
+
     /// Relays (by registry id) an event was seen on, with the first time it was seen there.
     pub fn sightings(&self, id: &[u8; 32]) -> Result<Vec<(u32, u64)>, StoreError> {
         let it = self

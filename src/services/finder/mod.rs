@@ -150,6 +150,9 @@ pub fn scan(
             WATERMARK,
             &last.to_string(),
         )?;
+        // The watermark is durable (the registration commits with synchronous = FULL): what
+        // lies below it is never read again, so the log does not grow without bound.
+        stores.events.trim_ingest(last)?;
         run.events_scanned += read as u64;
         run.relays_added += added as u64;
         if entries.len() < batch && read == entries.len() {
@@ -264,11 +267,36 @@ mod tests {
             60 * extract::MAX_CANDIDATES_PER_EVENT as u64 - 20,
             "only the per-event cap was ever read"
         );
-        // Nothing is read twice.
+        // Nothing is read twice, and the log keeps only its last entry (the watermark's).
         assert_eq!(
             scan(&stores, &UrlPolicy::default(), 5_000, &mut limiter).unwrap(),
             FinderRun::default()
         );
+        let log = stores.events.ingest_after(None, 100).unwrap();
+        assert_eq!(
+            log.len(),
+            1,
+            "the ingest log is trimmed below the watermark"
+        );
+        // New events after a reopen get sequence numbers above the watermark.
+        let dir_events = dir.path().join("events");
+        drop(stores);
+        let stores = Stores {
+            events: Arc::new(EventStore::open(&dir_events, &EventStoreOptions::default()).unwrap()),
+            state: Arc::new(State::open(&dir.path().join("state.sqlite")).unwrap()),
+        };
+        let late = event(
+            61,
+            10002,
+            vec![vec!["r".into(), "wss://late.example.org".into()]],
+            String::new(),
+        );
+        stores
+            .events
+            .write_page(1, 0, &[late], &[false], None)
+            .unwrap();
+        let run = scan(&stores, &UrlPolicy::default(), 5_000, &mut limiter).unwrap();
+        assert_eq!((run.events_scanned, run.relays_added), (1, 1));
     }
 
     #[test]
