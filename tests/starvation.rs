@@ -167,3 +167,63 @@ fn slow_and_never_finishing_relays_do_not_stall_an_honest_one() {
         );
     });
 }
+
+/// Four relays of ~100 KB events synchronized at once with 1 MiB of page memory for the whole
+/// node: every page wants most of it. Pages that each held part of the budget used to wait for
+/// each other until their timeouts (each counted as a relay failure, with backoff); a page that
+/// cannot get more memory for half a second now lets go of what it holds and asks again with a
+/// whole page reserved, so all four are archived completely and promptly.
+#[test]
+fn pages_competing_for_a_small_memory_budget_do_not_deadlock() {
+    in_netns(async {
+        let k = keys(2);
+        let mut relays = Vec::new();
+        let mut want = std::collections::BTreeSet::new();
+        for r in 0..4 {
+            let events: Vec<_> = (0..60)
+                .map(|i| {
+                    sign_event(
+                        &k[i % 2],
+                        T0 + (r * 1_000 + i) as u64,
+                        1,
+                        vec![],
+                        &format!("{r}/{i} {}", "y".repeat(100_000)),
+                    )
+                })
+                .collect();
+            want.extend(events.iter().map(|e| e.id.clone()));
+            relays.push(HostileRelay::start(events, Options::default()).await);
+        }
+        let node = Node::new(
+            "[finder]\nenabled = false\n[monitor]\nenabled = false\n[sync]\nmax_pages_in_flight = 1\nmax_page_mb = 1\npage_timeout_secs = 20\n",
+        );
+        for r in &relays {
+            let out = node.run(&["relays", "add", &r.url()]);
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let started = Instant::now();
+        let mut run = KillOnDrop(Some(node.cmd().arg("run").spawn().expect("spawn run")));
+        let mut stored = 0;
+        // 40 s: about 8 s here; pages waiting for each other until their 20 s timeouts took
+        // 57 s (measured with the let-go disabled).
+        while started.elapsed() < Duration::from_secs(40) && stored < want.len() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stored = node
+                .sqlite("SELECT sum(events_new) FROM sync_cursor")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+        }
+        let took = started.elapsed();
+        if let Some(c) = run.0.take() {
+            stop_gracefully(c, Duration::from_secs(30)).await;
+        }
+        assert_same_ids(&node.exported_ids(), &want);
+        let failures = node.sqlite("SELECT sum(failures) FROM relay");
+        eprintln!("4 relays of 100 KB events, 1 MiB page memory: archived in {took:?}");
+        assert_eq!(
+            failures.as_deref(),
+            Some("0"),
+            "waiting for page memory is nobody's failure"
+        );
+    });
+}

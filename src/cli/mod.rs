@@ -317,7 +317,10 @@ fn context(cfg: &Config, stores: Stores, shutdown: Shutdown) -> Result<SyncConte
         shutdown,
         stats: std::sync::Arc::new(SyncStats::default()),
         buffer_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(
-            cfg.sync.max_pages_in_flight * cfg.sync.max_page_mb * 1024,
+            cfg.sync
+                .max_pages_in_flight
+                .saturating_mul(cfg.sync.max_page_mb << 20)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
         spool_max: cfg.spool_enabled().then_some(cfg.spool.max_entries),
         min_free_disk_mb: cfg.storage.min_free_disk_mb,

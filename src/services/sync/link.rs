@@ -29,7 +29,10 @@ pub enum LinkError {
     #[error("page did not finish (no EOSE) within {0:?}")]
     PageTimeout(Duration),
     #[error("page exceeded {0} bytes before EOSE")]
-    PageTooLarge(usize),
+    PageTooLarge(usize, usize),
+    /// The node-wide page memory was taken by other relays' pages; the page was let go.
+    #[error("page memory busy")]
+    Busy,
 }
 
 /// Most ids one negentropy reconciliation may ask for; beyond it the relay is treated as not
@@ -61,18 +64,23 @@ pub struct RawPage {
     pub permits: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// Take `bytes` (rounded up to KiB) from the node-wide buffer budget, waiting for room.
+/// Take `bytes` from the node-wide buffer budget (one permit per byte), waiting for room.
 pub async fn take_budget(
     budget: &std::sync::Arc<tokio::sync::Semaphore>,
     bytes: usize,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, LinkError> {
-    let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let n = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
     budget
         .clone()
-        .acquire_many_owned(kib)
+        .acquire_many_owned(n)
         .await
         .map_err(|_| LinkError::Closed("shutting down".into()))
 }
+
+/// How long a page that already holds part of the buffer budget waits for more before it lets
+/// go of all of it (`LinkError::Busy`): pages that each hold some and wait for more would
+/// otherwise wait for each other until their timeouts.
+const BUDGET_WAIT_WHILE_HOLDING: Duration = Duration::from_millis(500);
 
 pub struct Link {
     conn: WsConnection,
@@ -182,6 +190,17 @@ impl Link {
 
     /// Send `REQ` and collect event frames until `EOSE`.
     pub async fn request(&mut self, filters: Vec<Filter>) -> Result<RawPage, LinkError> {
+        self.request_with(filters, None).await
+    }
+
+    /// `request`, with the page's memory taken up front (`reserved`, a whole page's worth)
+    /// instead of frame by frame; what the page did not use goes back at EOSE. For a page
+    /// that lost its memory to others once (`LinkError::Busy`): it cannot lose it again.
+    pub async fn request_with(
+        &mut self,
+        filters: Vec<Filter>,
+        mut reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<RawPage, LinkError> {
         let mut retried_auth = false;
         loop {
             let sub = self.sub_id("req");
@@ -210,6 +229,10 @@ impl Link {
                         RelayMessage::Event { sub: s, .. } if s == sub => {}
                         RelayMessage::Eose { sub: s } if s == sub => {
                             let _ = self.conn.send(&ClientMessage::Close { sub }).await;
+                            if let Some(mut r) = reserved.take() {
+                                // Keep what the frames use; the rest goes back now.
+                                page.permits = r.split(bytes.min(r.num_permits()));
+                            }
                             return Ok(page);
                         }
                         RelayMessage::Closed { sub: s, message } if s == sub => {
@@ -243,13 +266,36 @@ impl Link {
                 bytes += text.len();
                 if bytes > self.max_page_bytes {
                     let _ = self.conn.send(&ClientMessage::Close { sub }).await;
-                    return Err(LinkError::PageTooLarge(self.max_page_bytes));
+                    return Err(LinkError::PageTooLarge(
+                        self.max_page_bytes,
+                        page.frames.len(),
+                    ));
                 }
                 // Memory is budgeted by what is buffered: this frame's bytes, taken now (a
                 // wait here is back-pressure on this relay only, bounded by the deadline).
-                let more = tokio::time::timeout_at(deadline, take_budget(&self.budget, text.len()))
-                    .await
-                    .map_err(|_| LinkError::PageTimeout(self.page_timeout))??;
+                if reserved.is_some() {
+                    page.frames.push(text);
+                    continue;
+                }
+                let wait = if page.permits.is_some() {
+                    deadline.min(tokio::time::Instant::now() + BUDGET_WAIT_WHILE_HOLDING)
+                } else {
+                    deadline
+                };
+                let more = match tokio::time::timeout_at(
+                    wait,
+                    take_budget(&self.budget, text.len()),
+                )
+                .await
+                {
+                    Ok(permit) => permit?,
+                    Err(_) if page.permits.is_some() && wait < deadline => {
+                        // Let go of what this page holds (dropped with it) and ask again later.
+                        let _ = self.conn.send(&ClientMessage::Close { sub }).await;
+                        return Err(LinkError::Busy);
+                    }
+                    Err(_) => return Err(LinkError::PageTimeout(self.page_timeout)),
+                };
                 match &mut page.permits {
                     Some(p) => p.merge(more),
                     None => page.permits = Some(more),

@@ -80,7 +80,7 @@ pub struct SyncContext {
     pub keys: Option<Keys>,
     pub shutdown: Shutdown,
     pub stats: Arc<SyncStats>,
-    /// Event bytes buffered at once across all sessions, in KiB (`sync.max_pages_in_flight` x
+    /// Event bytes buffered at once across all sessions, one permit per byte (`sync.max_pages_in_flight` x
     /// `sync.max_page_mb`): memory is bounded by this, not by the number of relays connected.
     /// A page takes permits for the frames it actually buffered, as they arrive, and gives them
     /// back once stored; a relay that is slow, drips, or never sends EOSE holds only what it
@@ -639,12 +639,18 @@ impl Session<'_> {
     ) -> Result<PageResult, SyncError> {
         self.requests += 1;
         let mut filters = filters;
+        let mut reserved = None;
         let raw = loop {
-            match self.link.request(filters.clone()).await {
-                Err(LinkError::PageTooLarge(max)) if self.limit > 1 => {
+            match self
+                .link
+                .request_with(filters.clone(), reserved.take())
+                .await
+            {
+                Err(LinkError::PageTooLarge(max, fitted)) if self.limit > 1 => {
                     // Big events: ask for fewer per page so one page fits the memory budget
-                    // (the lowered limit is used for the rest of the session).
-                    self.limit = (self.limit / 2).max(1);
+                    // (the lowered limit is used for the rest of the session): at most half,
+                    // and no more than the frames that fitted before the page overflowed.
+                    self.limit = (self.limit / 2).min(fitted as u64).max(1);
                     for f in &mut filters {
                         f.limit = f.limit.map(|l| l.min(self.limit));
                     }
@@ -654,6 +660,17 @@ impl Session<'_> {
                         limit = self.limit,
                         "page too large; lowering limit"
                     );
+                }
+                Err(LinkError::Busy) => {
+                    // Not the relay's doing: other pages hold the memory. Wait in line for a
+                    // whole page's worth, then ask again with it reserved: pages that each hold
+                    // a part cannot keep waiting for each other.
+                    let whole = self.ctx.cfg.max_page_mb << 20;
+                    let shutdown = self.ctx.shutdown.clone();
+                    reserved = tokio::select! {
+                        r = super::link::take_budget(&self.ctx.buffer_budget, whole) => Some(r?),
+                        _ = shutdown.wait() => return Err(SyncError::Shutdown),
+                    };
                 }
                 other => break other?,
             }
