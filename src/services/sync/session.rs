@@ -334,13 +334,7 @@ impl Session<'_> {
         if self.caps.misordered_at.is_some() {
             return self.careful_step(cur, floor, top, frontier).await;
         }
-        let filter = Filter {
-            since: Some(floor),
-            until: Some(frontier),
-            limit: Some(self.limit),
-            ..Filter::default()
-        };
-        let mut res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+        let mut res = match self.fetch_window(floor, frontier).await {
             Err(e) if too_large(&e) => return self.past_oversized(cur, floor, top, frontier).await,
             other => other?,
         };
@@ -417,13 +411,7 @@ impl Session<'_> {
         let span = frontier.saturating_sub(floor) + 1;
         let window = self.window.unwrap_or(span).clamp(1, span);
         let since = frontier + 1 - window;
-        let filter = Filter {
-            since: Some(since),
-            until: Some(frontier),
-            limit: Some(self.limit),
-            ..Filter::default()
-        };
-        let mut res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+        let mut res = match self.fetch_window(since, frontier).await {
             Err(e) if too_large(&e) => {
                 self.reconnect().await?;
                 if window > 1 {
@@ -615,13 +603,7 @@ impl Session<'_> {
         below: u64,
         above: u64,
     ) -> Result<bool, SyncError> {
-        let probe = Filter {
-            since: Some((below + 1).max(floor)),
-            until: Some(above - 1),
-            limit: Some(self.limit),
-            ..Filter::default()
-        };
-        match self.fetch(vec![probe.clone()], Some(probe)).await {
+        match self.fetch_window((below + 1).max(floor), above - 1).await {
             // The hole holds an event too large to receive: it is not empty.
             Err(e) if too_large(&e) => {
                 self.reconnect().await?;
@@ -629,6 +611,17 @@ impl Session<'_> {
             }
             other => Ok(!other?.answered.is_empty()),
         }
+    }
+
+    /// One page of `[since, until]` at the session's limit; only its events count as matching.
+    async fn fetch_window(&mut self, since: u64, until: u64) -> Result<PageResult, SyncError> {
+        let f = Filter {
+            since: Some(since),
+            until: Some(until),
+            limit: Some(self.limit),
+            ..Filter::default()
+        };
+        self.fetch(vec![f.clone()], Some(f)).await
     }
 
     /// REQ -> ingest on a blocking thread -> counters.
@@ -719,13 +712,7 @@ impl Session<'_> {
             if self.ctx.pause_reason().is_some() || self.ctx.shutdown.is_triggered() {
                 return Ok(());
             }
-            let filter = Filter {
-                since: Some(second),
-                until: Some(second),
-                limit: Some(self.limit),
-                ..Filter::default()
-            };
-            let res = match self.fetch(vec![filter.clone()], Some(filter)).await {
+            let res = match self.fetch_window(second, second).await {
                 // Still holds an event over the size limit: it stays recorded as it is.
                 Err(e) if too_large(&e) => {
                     self.reconnect().await?;
