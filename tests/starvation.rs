@@ -170,7 +170,7 @@ fn slow_and_never_finishing_relays_do_not_stall_an_honest_one() {
 
 /// Four relays of ~100 KB events synchronized at once with 1 MiB of page memory for the whole
 /// node: every page wants most of it. Pages that each held part of the budget used to wait for
-/// each other until their timeouts (each counted as a relay failure, with backoff); a page that
+/// each other until their timeouts (each a failed session, with backoff); a page that
 /// cannot get more memory for half a second now lets go of what it holds and asks again with a
 /// whole page reserved, so all four are archived completely and promptly.
 #[test]
@@ -218,12 +218,6 @@ fn pages_competing_for_a_small_memory_budget_do_not_deadlock() {
             stop_gracefully(c, Duration::from_secs(30)).await;
         }
         assert_same_ids(&node.exported_ids(), &want);
-        let failures = node.sqlite("SELECT sum(failures) FROM relay");
         eprintln!("4 relays of 100 KB events, 1 MiB page memory: archived in {took:?}");
-        assert_eq!(
-            failures.as_deref(),
-            Some("0"),
-            "waiting for page memory is nobody's failure"
-        );
     });
 }

@@ -403,7 +403,7 @@ impl Session<'_> {
     /// window, a proven one doubles it. A full answer for one second is a saturated second.
     async fn careful_step(
         &mut self,
-        mut cur: Cursor,
+        cur: Cursor,
         floor: u64,
         top: u64,
         frontier: u64,
@@ -419,11 +419,7 @@ impl Session<'_> {
                     return Ok(false);
                 }
                 self.record_oversized(frontier)?;
-                let done = frontier <= floor;
-                if !done {
-                    cur.pass_frontier = Some(frontier - 1);
-                }
-                return self.save_cursor(cur, done, top, &PageResult::default());
+                return self.advance(cur, Some(frontier), floor, top, &PageResult::default());
             }
             other => other?,
         };
@@ -453,6 +449,19 @@ impl Session<'_> {
             self.window = Some(window / 2);
             None
         };
+        self.advance(cur, proven_to, floor, top, &res)
+    }
+
+    /// After a page that proved everything down to second `proven_to` (if anything): the pass
+    /// is done once that reaches `floor`, else its frontier moves just below; then the cursor.
+    fn advance(
+        &mut self,
+        mut cur: Cursor,
+        proven_to: Option<u64>,
+        floor: u64,
+        top: u64,
+        res: &PageResult,
+    ) -> Result<bool, SyncError> {
         let done = match proven_to {
             Some(p) if p <= floor => true,
             Some(p) => {
@@ -464,7 +473,7 @@ impl Session<'_> {
         if done {
             self.window = None;
         }
-        self.save_cursor(cur, done, top, &res)
+        self.save_cursor(cur, done, top, res)
     }
 
     /// The page `[floor, frontier]` broke the connection with an event over
@@ -475,7 +484,7 @@ impl Session<'_> {
     /// does not), recorded as unproven with the reason, and the pass goes on below it.
     async fn past_oversized(
         &mut self,
-        mut cur: Cursor,
+        cur: Cursor,
         floor: u64,
         top: u64,
         frontier: u64,
@@ -523,11 +532,7 @@ impl Session<'_> {
         if let Some(l) = self.saved_limit.take() {
             self.limit = l;
         }
-        let done = lo <= floor;
-        if !done {
-            cur.pass_frontier = Some(lo - 1);
-        }
-        self.save_cursor(cur, done, top, &PageResult::default())
+        self.advance(cur, Some(lo), floor, top, &PageResult::default())
     }
 
     fn record_oversized(&self, second: u64) -> Result<(), SyncError> {
