@@ -7,6 +7,10 @@
 //! 2. Wire efficiency: events received over the wire / unique events archived, from a relay that
 //!    silently clamps `limit` to 500.
 //! 3. Peak RSS of `bigbrotr run` syncing 100 local relays at once.
+//! 4. Write amplification: bytes the node process wrote to disk (kernel I/O accounting, less
+//!    what was deleted before it reached the disk) per byte of event JSON archived, while
+//!    `sync --once` archives a large history; baseline: the same JSON written once to a file in
+//!    page-sized fsynced chunks, measured the same way in the same run.
 //!
 //! Run: `cargo bench --bench ingest` (env BENCH_EVENTS, BENCH_RELAYS, BENCH_PER_RELAY to resize).
 
@@ -320,6 +324,136 @@ async fn bench_rss() {
     );
 }
 
+/// (write_bytes, cancelled_write_bytes) from /proc/PID/io.
+fn proc_io(pid: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("write_bytes:"), field("cancelled_write_bytes:"))
+}
+
+/// Run to exit and read the child's whole-life I/O accounting before reaping it (a zombie's
+/// /proc/PID/io holds the totals of every thread it had).
+fn run_io_measured(mut cmd: Command) -> (bool, u64, u64) {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn bigbrotr");
+    let pid = child.id() as libc::pid_t;
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our child's exit without reaping it (WNOWAIT).
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        )
+    };
+    assert_eq!(rc, 0, "waitid");
+    let (written, cancelled) = proc_io(&pid.to_string());
+    let (ok, _, _) = wait_measured(child);
+    (ok, written, cancelled)
+}
+
+async fn bench_write_amp() {
+    let n = env_usize("BENCH_WA_EVENTS", 200_000);
+    let t0 = 1_600_000_000u64;
+    // Notes of 0-2.4 KB (mean ~1.4 KB of JSON, as measured on the network), over months.
+    let keys: Vec<Keys> = (0..50).map(|_| Keys::generate()).collect();
+    let events: Vec<Event> = (0..n)
+        .map(|i| {
+            let body: String = (0..(i * 7919) % 2400)
+                .map(|j| (b'a' + ((i + j) % 26) as u8) as char)
+                .collect();
+            EventBuilder::text_note(format!("note {i} {body}"))
+                .tag(Tag::hashtag("bench"))
+                .custom_created_at(Timestamp::from(t0 + (i as u64 * 7_777) % (n as u64 * 60)))
+                .sign_with_keys(&keys[i % keys.len()])
+                .expect("sign")
+        })
+        .collect();
+    let json: Vec<String> = events.iter().map(|e| e.as_json()).collect();
+    let bytes: u64 = json.iter().map(|j| j.len() as u64).sum();
+    let (_relay, url) = local_relay(&events, None).await;
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DISK_DIR").unwrap_or_else(|_| "/var/tmp".into()))
+            .expect("a temp dir on a real disk (not tmpfs: it has no I/O accounting)");
+
+    // Baseline: the JSON written once, in ~700 KB fsynced chunks (a page of 500 events).
+    let (w0, c0) = proc_io("self");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(dir.path().join("corpus.jsonl")).expect("file");
+        let mut chunk = Vec::with_capacity(1 << 20);
+        for j in &json {
+            chunk.extend_from_slice(j.as_bytes());
+            chunk.push(b'\n');
+            if chunk.len() >= 700 << 10 {
+                f.write_all(&chunk).expect("write");
+                f.sync_data().expect("fsync");
+                chunk.clear();
+            }
+        }
+        f.write_all(&chunk).expect("write");
+        f.sync_data().expect("fsync");
+    }
+    let (w1, c1) = proc_io("self");
+    let base = (w1 - w0).saturating_sub(c1 - c0) as f64 / bytes as f64;
+
+    let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "sync",
+        "--relay",
+        &url,
+        "--once",
+    ]);
+    let (ok, written, cancelled) = tokio::task::spawn_blocking(move || run_io_measured(cmd))
+        .await
+        .expect("join");
+    assert!(ok, "sync failed");
+    let net = written.saturating_sub(cancelled);
+    let du = dir_bytes(&dir.path().join("data"));
+    println!(
+        "write amplification: {n} events, {:.1} MB of event JSON archived by `sync --once`",
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  node wrote {:.1} MB ({:.1} MB dirtied, {:.1} MB deleted before writeback); on disk after: {:.1} MB",
+        net as f64 / 1e6,
+        written as f64 / 1e6,
+        cancelled as f64 / 1e6,
+        du as f64 / 1e6
+    );
+    println!(
+        "  bytes written per event byte: node {:.2}x, baseline (the JSON written once) {base:.2}x; node/baseline {:.2} (goal <= 4x)",
+        net as f64 / bytes as f64,
+        net as f64 / bytes as f64 / base
+    );
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let which: Vec<String> = std::env::args()
@@ -340,6 +474,9 @@ fn main() {
         }
         if run("rss") {
             bench_rss().await;
+        }
+        if run("write") {
+            bench_write_amp().await;
         }
     });
 }

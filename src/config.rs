@@ -227,6 +227,21 @@ pub struct StorageConfig {
     /// fsync the RocksDB WAL for every page written before a cursor moves (default: true).
     /// Off survives a process crash but not a power cut.
     pub sync_writes: bool,
+    /// With `[upstream]`: evict the bodies of events the archive has acknowledged once they
+    /// have been stored this long, days (default: 30; 0 = as soon as shipped). Ids and
+    /// sightings are kept for dedup. A node without upstream keeps everything.
+    pub keep_shipped_days: f64,
+    /// With `[upstream]`: evict shipped events at all (default: true). Off: the node keeps
+    /// every event and pauses at `min_free_disk_mb`, as a node without upstream does.
+    pub evict_shipped: bool,
+}
+
+impl StorageConfig {
+    /// How long shipped events are kept, if this node evicts them at all (`upstream` set).
+    pub fn shipped_retention(&self, upstream: bool) -> Option<std::time::Duration> {
+        (upstream && self.evict_shipped)
+            .then(|| std::time::Duration::from_secs_f64(self.keep_shipped_days.max(0.0) * 86_400.0))
+    }
 }
 
 impl Default for StorageConfig {
@@ -236,6 +251,8 @@ impl Default for StorageConfig {
             write_buffer_mb: 16,
             min_free_disk_mb: 256,
             sync_writes: true,
+            keep_shipped_days: 30.0,
+            evict_shipped: true,
         }
     }
 }
@@ -366,8 +383,13 @@ pub struct MonitorConfig {
     pub check_timeout_secs: u64,
     /// Publish a signed test event in the NIP-66 write check (default: true).
     pub write_test: bool,
-    /// Days of check history kept in SQLite (default: 30). Unshipped observations are kept.
+    /// Days of check history kept in SQLite (default: 30). Unshipped observations are kept,
+    /// up to `max_unshipped_days`.
     pub history_days: u64,
+    /// With `[upstream]`: observations the archive has not taken are kept this many days at
+    /// most (default: 90), so an archive unreachable for months cannot fill the disk. Never
+    /// below `history_days`.
+    pub max_unshipped_days: u64,
     /// Publish kind 30166 per checked relay and a kind 10166 announcement (default: false).
     pub publish: bool,
     /// Relays the 30166/10166 events are sent to.
@@ -392,6 +414,7 @@ impl Default for MonitorConfig {
             check_timeout_secs: 20,
             write_test: true,
             history_days: 30,
+            max_unshipped_days: 90,
             publish: false,
             publish_relays: Vec::new(),
             geoip_city_file: None,
@@ -565,6 +588,12 @@ impl Config {
         if self.finder.batch == 0 {
             return Err(bad("finder.batch", "must be at least 1"));
         }
+        if !(0.0..=36_500.0).contains(&self.storage.keep_shipped_days) {
+            return Err(bad(
+                "storage.keep_shipped_days",
+                "must be between 0 and 36500 (set storage.evict_shipped = false to keep everything)",
+            ));
+        }
         if self.storage.write_buffer_mb < 2 {
             return Err(bad("storage.write_buffer_mb", "must be at least 2"));
         }
@@ -654,6 +683,10 @@ impl Config {
                 self.monitor.check_timeout_secs,
             ),
             ("monitor.history_days", self.monitor.history_days),
+            (
+                "monitor.max_unshipped_days",
+                self.monitor.max_unshipped_days,
+            ),
         ] {
             if v == 0 {
                 return Err(bad(key, "must be at least 1"));

@@ -1092,3 +1092,80 @@ async fn a_forged_copy_is_refused_and_cannot_shadow_the_real_event() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_archive_faithful(db, &name);
 }
+
+/// Retention on a shipping node (`storage.keep_shipped_days`): the bodies of events the archive
+/// acknowledged are evicted, an unshipped event never is, and the ids and sightings that stay
+/// keep dedup exact: the same events from another relay are sightings only, shipped as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_events_are_evicted_and_unshipped_ones_kept() {
+    let db = TestDb::shared();
+    let name = migrated(db);
+    let authors = keys(3);
+    let a = notes(200, &authors, |i| T0 + i as u64 * 3);
+    let b = notes(100, &authors, |i| T0 + 9_000 + i as u64);
+    let r1 = local_relay(&a, RelayOpts::default()).await;
+    let mut on_r2: Vec<_> = a[..50].to_vec();
+    on_r2.extend(b.iter().cloned());
+    let r2 = local_relay(&on_r2, RelayOpts::default()).await;
+    let r3 = local_relay(&a, RelayOpts::default()).await;
+    let (role, pw) = node_role(db, &name);
+    let node = shipping_node(
+        db,
+        &name,
+        &role,
+        &pw,
+        "give_up_secs = 2\n[storage]\nkeep_shipped_days = 0\n",
+    );
+    let exported = |node: &Node| node.exported_ids();
+
+    assert!(node.sync_once(&r1.url).await.status.success());
+    let out = ship_once(&node);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    assert_same_ids(&archive_ids(db, &name), &ids_of(&a));
+    let st = node.status();
+    assert_eq!(st["events_evicted"], 200, "shipped and evicted: {st}");
+    assert_eq!(st["events_stored"], 200, "the ids stay known");
+    assert!(exported(&node).is_empty(), "evicted bodies are gone");
+
+    // New events while the archive refuses this node: the sweep runs, nothing unshipped goes.
+    assert!(node.sync_once(&r2.url).await.status.success());
+    let refused = node
+        .cmd()
+        .env("BIGBROTR_DB_PASSWORD", "not-the-password")
+        .args(["ship", "--once"])
+        .output()
+        .expect("ship");
+    assert!(!refused.status.success(), "a refused ship must fail");
+    assert_eq!(node.status()["events_evicted"], 200);
+    assert_same_ids(&exported(&node), &ids_of(&b));
+
+    // Shipped now: the new events and the 50 sightings of evicted events both reach the archive.
+    let out = ship_once(&node);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    let mut all = ids_of(&a);
+    all.extend(ids_of(&b));
+    assert_same_ids(&archive_ids(db, &name), &all);
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 350);
+    assert_eq!(node.status()["events_evicted"], 300);
+    assert!(exported(&node).is_empty());
+
+    // Every evicted event again, from a third relay: sightings only, never stored or sent again.
+    assert!(node.sync_once(&r3.url).await.status.success());
+    let st = node.status();
+    assert_eq!(
+        st["events_stored"], 300,
+        "no evicted event is stored again: {st}"
+    );
+    assert_eq!(st["spool_depth"], 200, "one sighting each, no event bodies");
+    let out = ship_once(&node);
+    assert!(out.status.success(), "ship: {}", stderr(&out));
+    assert_eq!(count(db, &name, "SELECT count(*) FROM event_relay"), 550);
+    assert_eq!(
+        db.psql(
+            &name,
+            &format!("SELECT events_sent, events_new FROM node WHERE name = '{role}'")
+        ),
+        "300|300",
+        "no event body was sent twice"
+    );
+}

@@ -137,6 +137,7 @@ fn status_json_has_the_documented_fields() {
         "relays_known",
         "relays_online",
         "events_stored",
+        "events_evicted",
         "spool_depth",
         "relays",
     ] {
@@ -177,5 +178,25 @@ fn json_logs_are_one_json_object_per_line() {
     assert!(
         err.lines().last().unwrap_or("").starts_with("error: "),
         "final line names the failure: {err}"
+    );
+}
+
+/// Every monitor check is written to state.sqlite: below the free-disk floor `monitor --once`
+/// refuses with the setting named, and records nothing.
+#[test]
+fn monitor_refuses_to_write_checks_below_the_disk_floor() {
+    let node = Node::new("[storage]\nmin_free_disk_mb = 1000000000\n");
+    let add = node.run(&["relays", "add", "ws://127.0.0.1:1"]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let out = node.run(&["monitor", "--once"]);
+    assert!(!out.status.success(), "monitor must refuse");
+    assert!(
+        stderr(&out).contains("storage.min_free_disk_mb"),
+        "the error names the setting: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        node.sqlite("SELECT count(*) FROM observation").as_deref(),
+        Some("0")
     );
 }

@@ -90,3 +90,125 @@ fn check_cursor_never_passes_unstored(node: &Node, events: &[nostr::Event], roun
         missing.len()
     );
 }
+
+/// Relay ids are SQLite rowids and the event store's sightings refer to them. An older
+/// `state.sqlite` put back beside a newer event store (a restored backup, a card imaged
+/// mid-write) lacks the relays registered after it: the relays it lacks get their ids back, so a
+/// relay registered afterwards never inherits an id whose sightings are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_older_state_never_gives_a_stored_relay_id_to_another_url() {
+    let authors = keys(2);
+    let (ea, eb, ec) = (
+        notes(20, &authors, |i| T0 + i as u64),
+        notes(20, &authors, |i| T0 + 1_000 + i as u64),
+        notes(20, &authors, |i| T0 + 2_000 + i as u64),
+    );
+    let (a, b, c) = (
+        local_relay(&ea, RelayOpts::default()).await,
+        local_relay(&eb, RelayOpts::default()).await,
+        local_relay(&ec, RelayOpts::default()).await,
+    );
+    let node = Node::new("");
+    let synced = |out: std::process::Output| {
+        assert!(out.status.success(), "sync failed: {}", stderr(&out));
+    };
+    synced(node.sync_once(&a.url).await);
+    // The backup, taken the way an operator would (consistent, WAL included).
+    let data = node.data_dir();
+    let backup = node.dir.path().join("state-backup.sqlite");
+    let st = std::process::Command::new("sqlite3")
+        .arg(data.join("state.sqlite"))
+        .arg(format!(".backup '{}'", backup.display()))
+        .status()
+        .expect("sqlite3");
+    assert!(st.success());
+    synced(node.sync_once(&b.url).await);
+    // Put the older state back (no WAL beside it).
+    for f in ["state.sqlite-wal", "state.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    std::fs::copy(&backup, data.join("state.sqlite")).expect("restore");
+    // A registry command first (it does not open the event store for writing), then a sync.
+    let added = node.run(&["relays", "add", &c.url]);
+    assert!(added.status.success(), "relays add: {}", stderr(&added));
+    synced(node.sync_once(&c.url).await);
+
+    let state = State::open(&data.join("state.sqlite")).expect("state");
+    let store = EventStore::open_read_only(&data.join("events"), &EventStoreOptions::default())
+        .expect("event store");
+    for (relay, events) in [(&a, &ea), (&b, &eb), (&c, &ec)] {
+        for ev in events {
+            let seen = store.sightings(&ev.id.to_bytes()).expect("sightings");
+            assert_eq!(seen.len(), 1, "one sighting of {}", ev.id);
+            let row = state
+                .relay_by_id(seen[0].0)
+                .expect("registry")
+                .unwrap_or_else(|| {
+                    panic!(
+                        "relay id {} of a stored sighting is not registered",
+                        seen[0].0
+                    )
+                });
+            assert_eq!(
+                row.url, relay.url,
+                "a sighting on {} is attributed to relay id {} = {}",
+                relay.url, seen[0].0, row.url
+            );
+        }
+    }
+    // The restored relay is known again and says where it came from.
+    let b_row = state
+        .relays()
+        .expect("relays")
+        .into_iter()
+        .find(|r| r.url == b.url)
+        .expect("relay b registered again");
+    assert_eq!(b_row.source, "restored");
+}
+
+/// A `state.sqlite` from another data dir gives stored ids other URLs: the node refuses to
+/// start, names both stores and the fix, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_from_another_data_dir_is_refused_with_the_fix() {
+    let authors = keys(1);
+    let (ea, eb) = (
+        notes(5, &authors, |i| T0 + i as u64),
+        notes(5, &authors, |i| T0 + 100 + i as u64),
+    );
+    let (a, b) = (
+        local_relay(&ea, RelayOpts::default()).await,
+        local_relay(&eb, RelayOpts::default()).await,
+    );
+    let (one, other) = (Node::new(""), Node::new(""));
+    assert!(one.sync_once(&a.url).await.status.success());
+    assert!(other.sync_once(&b.url).await.status.success());
+    drop(other.run(&["status"]));
+    let theirs = other.data_dir().join("state.sqlite");
+    let st = std::process::Command::new("sqlite3")
+        .arg(&theirs)
+        .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+        .status()
+        .expect("sqlite3");
+    assert!(st.success());
+    let mine = one.data_dir().join("state.sqlite");
+    for f in ["state.sqlite-wal", "state.sqlite-shm"] {
+        let _ = std::fs::remove_file(one.data_dir().join(f));
+    }
+    std::fs::copy(&theirs, &mine).expect("copy");
+    let before = std::fs::read(&mine).expect("read");
+    let out = one.sync_once(&a.url).await;
+    assert!(
+        !out.status.success(),
+        "a foreign state.sqlite must be refused"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not belong to this events/ directory") && err.contains(&b.url),
+        "the error names the problem, the URL and the fix: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&mine).expect("read"),
+        before,
+        "a refused state.sqlite is left as it was"
+    );
+}

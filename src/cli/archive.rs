@@ -169,6 +169,13 @@ pub fn ship_context(
         pool,
         node_key: keys.public_key().to_bytes(),
         cfg: cfg.upstream.clone(),
+        retention: cfg.storage.shipped_retention(true).map(|keep| {
+            crate::services::retention::Retention {
+                keep,
+                data_dir: cfg.data_dir(),
+                min_free_disk_mb: cfg.storage.min_free_disk_mb,
+            }
+        }),
         shutdown,
     }))
 }

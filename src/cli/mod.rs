@@ -508,11 +508,23 @@ fn cmd_sync(cfg: Config, relay: &str, once: bool, retries: u32) -> Result<ExitCo
                     if !out.pass_complete {
                         bail!("{url}: the pass did not finish");
                     }
-                    if !out.unproven.is_empty() {
-                        let (s, why) = &out.unproven[0];
+                    if !out.unproven.is_empty() || out.unproven_dropped > 0 {
+                        let first = out.unproven.first().map_or_else(
+                            || "none listed".to_string(),
+                            |(s, why)| format!("first: {s}: {why}"),
+                        );
+                        let dropped = if out.unproven_dropped > 0 {
+                            format!(
+                                ", {} more past the limit of {} recorded per relay",
+                                out.unproven_dropped,
+                                crate::store::state::MAX_UNPROVEN_PER_RELAY
+                            )
+                        } else {
+                            String::new()
+                        };
                         eprintln!(
-                            "{url}: {} second(s) could not be proven complete (first: {s}: {why}); received {} events, {} new",
-                            out.unproven.len(),
+                            "{url}: {} second(s) could not be proven complete ({first}{dropped}); received {} events, {} new",
+                            out.unproven.len() as u64 + out.unproven_dropped,
                             out.received,
                             out.new_events
                         );
@@ -644,6 +656,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         "observations": observations,
         "monitor": monitor,
         "events_stored": counters.events,
+        "events_evicted": counters.evicted,
         "sightings": counters.sightings,
         "spool_depth": counters.spool_depth,
         "quarantined": counters.quarantined,
@@ -664,10 +677,17 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
         offline,
         observations
     );
-    println!(
-        "events stored:  {} ({} sightings)",
-        counters.events, counters.sightings
-    );
+    if counters.evicted > 0 {
+        println!(
+            "events stored:  {} ({} sightings; {} shipped and evicted, ids kept)",
+            counters.events, counters.sightings, counters.evicted
+        );
+    } else {
+        println!(
+            "events stored:  {} ({} sightings)",
+            counters.events, counters.sightings
+        );
+    }
     println!("spool depth:    {}", counters.spool_depth);
     println!("tor:            {}", tor_line(&tor));
     if cfg.upstream.enabled() || ship.is_some() {

@@ -55,6 +55,8 @@ pub(super) fn context(
             publisher,
             upstream: cfg.upstream.enabled(),
             geo,
+            data_dir: cfg.data_dir(),
+            min_free_disk_mb: cfg.storage.min_free_disk_mb,
         },
         handle,
     ))
@@ -67,6 +69,8 @@ pub(super) fn cmd_monitor(
     json: bool,
 ) -> Result<ExitCode> {
     let state = Stores::open_state(&cfg)?;
+    // Every check is written to state.sqlite.
+    Stores::check_free_disk(&cfg)?;
     let one = match relay {
         Some(r) => {
             let url = parse_relay_url(r, &cfg.network.url_policy()).with_context(|| {

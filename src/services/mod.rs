@@ -3,6 +3,7 @@
 
 pub mod finder;
 pub mod monitor;
+pub mod retention;
 pub mod seeder;
 pub mod shipper;
 pub mod supervisor;

@@ -50,7 +50,55 @@ pub struct ShipContext {
     /// The node's public key: its identity in the archive's `node` table.
     pub node_key: [u8; 32],
     pub cfg: UpstreamConfig,
+    /// Evict shipped events (see [`super::retention`]); `None` keeps everything.
+    pub retention: Option<super::retention::Retention>,
     pub shutdown: Shutdown,
+}
+
+/// How often retention sweeps while the shipper runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Start a retention sweep on a blocking thread when one is due and none is running; log the
+/// one that finished.
+async fn tend_retention(
+    ctx: &ShipContext,
+    sweeping: &mut Option<tokio::task::JoinHandle<Result<super::retention::Swept, String>>>,
+    last: &mut Option<Instant>,
+    force: bool,
+) {
+    let Some(r) = &ctx.retention else {
+        return;
+    };
+    if sweeping.as_ref().is_some_and(|h| !h.is_finished()) && !force {
+        return;
+    }
+    if let Some(h) = sweeping.take() {
+        log_sweep(h.await.map_err(|e| e.to_string()).and_then(|r| r));
+    }
+    if !force && last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+        return;
+    }
+    *last = Some(Instant::now());
+    let (r, events) = (r.clone(), ctx.stores.events.clone());
+    let h = tokio::task::spawn_blocking(move || r.sweep(&events, now()).map_err(|e| e.to_string()));
+    if force {
+        log_sweep(h.await.map_err(|e| e.to_string()).and_then(|r| r));
+    } else {
+        *sweeping = Some(h);
+    }
+}
+
+fn log_sweep(r: Result<super::retention::Swept, String>) {
+    match r {
+        Ok(s) if s.events > 0 => tracing::info!(
+            events = s.events,
+            mib = s.bytes >> 20,
+            under_disk_pressure = s.under_pressure,
+            "evicted shipped events (ids and sightings kept)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +204,9 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
     let mut batch_limit = ctx.cfg.batch_size;
     // (head seq of the failing batch, consecutive statement failures on it)
     let mut stuck: (Option<u64>, u32) = (None, 0);
+    let (mut sweeping, mut last_sweep) = (None, None);
     loop {
+        tend_retention(ctx, &mut sweeping, &mut last_sweep, false).await;
         if ctx.shutdown.is_triggered() {
             stats.state = "stopped".into();
             save(ctx, &stats);
@@ -176,6 +226,8 @@ pub async fn run(ctx: &ShipContext, once: bool) -> Result<ShipStats, ShipError> 
             .map_err(|e| store_err(&e))?;
         if entries.is_empty() && registry.is_empty() && observations.is_empty() {
             if once {
+                // Everything is shipped: evict what retention lets go before exiting.
+                tend_retention(ctx, &mut sweeping, &mut last_sweep, true).await;
                 stats.state = "idle".into();
                 save(ctx, &stats);
                 return Ok(stats);
@@ -494,7 +546,7 @@ fn resolve(
                     rejected.push((
                         seq,
                         rec,
-                        "event is no longer in the store (quarantined as corrupt)".into(),
+                        "event is no longer in the store (evicted after shipping, or quarantined as corrupt)".into(),
                     ));
                     continue;
                 }

@@ -11,17 +11,22 @@
 //!    replays the page, which dedup makes harmless.
 //! 3. An event enters the spool in the same batch that stores it; spool entries are removed only
 //!    by [`EventStore::spool_settle`] (or `spool_ack`), which the shipper calls after the archive's COMMIT.
+//! 4. Every relay id a sighting or spool record refers to is bound to its URL in `meta` first
+//!    ([`EventStore::bind_relay`]); `Stores::open` reconciles the SQLite registry against it.
 //! 5. A record that fails to decode is moved to the `quarantine` column family and counted,
 //!    never a crash loop.
 //!
 //! Key layout (all integers big-endian so byte order is numeric order):
-//! - `events`:     id(32)                     -> `Event::encode()`
+//! - `events`:     id(32)                     -> `Event::encode()` (tag 1), or, once evicted
+//!                                                 after shipping, tag 2 + sig(64)
 //! - `seen`:       id(32) relay(u32)          -> first seen, unix seconds (u64)
 //! - `by_time`:    created_at(u64) id(32)     -> ()
 //! - `ingest`:     seq(u64)                   -> id(32)       (Finder reads it by watermark)
 //! - `spool`:      seq(u64)                   -> tag(1) id(32) relay(u32) seen_at(u64)
 //! - `meta`:       name                       -> u64 counters
+//!                 `relay/` relay(u32)        -> the relay's URL (see `bind_relay`)
 //! - `quarantine`: cf name + key              -> raw value
+//! - `shipped`:    seen_at(u64) id(32)        -> ()           (retention's queue of acked events)
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,7 +46,10 @@ const CF_INGEST: &str = "ingest";
 const CF_SPOOL: &str = "spool";
 const CF_META: &str = "meta";
 const CF_QUARANTINE: &str = "quarantine";
-const ALL_CFS: [&str; 7] = [
+/// Events shipped upstream, oldest first: seen_at (u64 BE) + id. Written when the spool entry
+/// that carried the event is acked; retention evicts from here (never an unshipped event).
+const CF_SHIPPED: &str = "shipped";
+const ALL_CFS: [&str; 8] = [
     CF_EVENTS,
     CF_SEEN,
     CF_BY_TIME,
@@ -49,11 +57,19 @@ const ALL_CFS: [&str; 7] = [
     CF_SPOOL,
     CF_META,
     CF_QUARANTINE,
+    CF_SHIPPED,
 ];
 const META_EVENTS: &[u8] = b"events";
 const META_SEEN: &[u8] = b"seen";
 const META_QUARANTINED: &[u8] = b"quarantined";
 const META_SHIP_REJECTED: &[u8] = b"ship_rejected";
+const META_EVICTED: &[u8] = b"evicted";
+/// The record kept for an evicted event: this tag, then its signature (what dedup compares).
+const EVICTED_TAG: u8 = 2;
+/// `relay/` + id (u32, big-endian) -> the relay's URL: every relay id that sightings and spool
+/// records refer to, written (durably) before the first of them ([`EventStore::bind_relay`]).
+/// An older `state.sqlite` restored beside this store is reconciled against it at open.
+const META_RELAY: &[u8] = b"relay/";
 
 /// Spool record tags.
 pub const SPOOL_EVENT: u8 = b'E';
@@ -68,6 +84,14 @@ pub enum StoreError {
     },
     #[error("event store: {0}")]
     Rocks(#[from] rocksdb::Error),
+    /// The relay registry (`state.sqlite`) gives an id another URL than the one the event
+    /// store's sightings were recorded under.
+    #[error("relay id {id} is {registry} in state.sqlite but {events} in the event store: state.sqlite does not belong to this events/ directory; restore the state.sqlite of this data dir, or move events/ aside to start a new archive")]
+    RelayMismatch {
+        id: u32,
+        registry: String,
+        events: String,
+    },
 }
 
 /// Tunables, from `[storage]` and `[spool]`.
@@ -77,6 +101,9 @@ pub struct EventStoreOptions {
     pub write_buffer_bytes: usize,
     pub sync_writes: bool,
     pub spool: bool,
+    /// Queue acked events for retention ([`EventStore::evict_shipped`]); only a node that
+    /// evicts pays the 40 bytes per event.
+    pub track_shipped: bool,
 }
 
 impl Default for EventStoreOptions {
@@ -86,6 +113,7 @@ impl Default for EventStoreOptions {
             write_buffer_bytes: 16 << 20,
             sync_writes: true,
             spool: false,
+            track_shipped: false,
         }
     }
 }
@@ -107,6 +135,8 @@ pub struct StoreCounters {
     pub quarantined: u64,
     /// Spool entries the archive cannot take (e.g. text with U+0000), set aside in quarantine.
     pub ship_rejected: u64,
+    /// Shipped events whose bodies retention removed (their ids and sightings are kept).
+    pub evicted: u64,
 }
 
 pub struct EventStore {
@@ -127,8 +157,12 @@ pub struct EventStore {
     sightings: AtomicU64,
     quarantined: AtomicU64,
     ship_rejected: AtomicU64,
+    evicted: AtomicU64,
+    /// The relay ids bound to URLs in CF_META (loaded at open; a few thousand at most).
+    relays: Mutex<std::collections::HashMap<u32, Box<str>>>,
     sync_writes: bool,
     spool: bool,
+    track_shipped: bool,
     /// Opened read-only beside a running node (status, export): never writes, not even to
     /// quarantine a corrupt record.
     read_only: bool,
@@ -190,7 +224,17 @@ impl EventStore {
             o.set_level_compaction_dynamic_level_bytes(true);
             ColumnFamilyDescriptor::new(name, o)
         };
-        let cfs = ALL_CFS.iter().map(|n| cf(n));
+        // A reader may come first after an upgrade added a column family: open what exists
+        // (the writer creates the rest; a reader never touches them).
+        let existing = if read_only {
+            DB::list_cf(&db_opts, path).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let cfs = ALL_CFS
+            .iter()
+            .filter(|n| !read_only || existing.is_empty() || existing.iter().any(|e| e == *n))
+            .map(|n| cf(n));
         let opened = if read_only {
             // RocksDB writes an info LOG even when read-only; keep it away from the running
             // node's own LOG, which it would otherwise truncate.
@@ -212,9 +256,12 @@ impl EventStore {
             sightings: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             ship_rejected: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            relays: Mutex::new(Default::default()),
             write_lock: Mutex::new(()),
             sync_writes: opts.sync_writes,
             spool: opts.spool,
+            track_shipped: opts.track_shipped,
             read_only,
             db,
             _cache: cache,
@@ -248,7 +295,70 @@ impl EventStore {
         store
             .ship_rejected
             .store(store.meta(META_SHIP_REJECTED)?, Ordering::Relaxed);
+        store
+            .evicted
+            .store(store.meta(META_EVICTED)?, Ordering::Relaxed);
+        let bound = store.read_bound_relays()?;
+        *store.relays.lock().unwrap_or_else(|p| p.into_inner()) = bound;
         Ok(store)
+    }
+
+    fn read_bound_relays(&self) -> Result<std::collections::HashMap<u32, Box<str>>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(META_RELAY, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            let Some(id) = k.strip_prefix(META_RELAY) else {
+                break;
+            };
+            if let Ok(id) = <[u8; 4]>::try_from(id) {
+                out.insert(
+                    u32::from_be_bytes(id),
+                    String::from_utf8_lossy(&v).into_owned().into_boxed_str(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every relay id this store refers to, with the URL it was bound to, by id.
+    pub fn bound_relays(&self) -> Vec<(u32, String)> {
+        let map = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Record, durably, that relay id `id` is `url`, before any sighting or spool record refers
+    /// to it (a sync session calls this first). The registry's ids are SQLite rowids: if an
+    /// older `state.sqlite` is ever put back, [`crate::store::Stores::open`] restores the ids it
+    /// lacks from these bindings, so no id is handed to another URL. Cheap once bound.
+    pub fn bind_relay(&self, id: u32, url: &str) -> Result<(), StoreError> {
+        let mut map = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&id) {
+            Some(bound) if **bound == *url => return Ok(()),
+            Some(bound) => {
+                return Err(StoreError::RelayMismatch {
+                    id,
+                    registry: url.to_string(),
+                    events: bound.to_string(),
+                })
+            }
+            None => {}
+        }
+        if !self.read_only {
+            let mut key = META_RELAY.to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync_writes);
+            self.db
+                .put_cf_opt(self.cf(CF_META), key, url.as_bytes(), &wo)?;
+        }
+        map.insert(id, url.into());
+        Ok(())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -382,6 +492,9 @@ impl EventStore {
         let Some(raw) = self.db.get_pinned_cf(self.cf(CF_EVENTS), id)? else {
             return Ok(None);
         };
+        if raw.first() == Some(&EVICTED_TAG) {
+            return Ok(None);
+        }
         match Event::decode(*id, &raw) {
             Some(ev) => Ok(Some(ev)),
             None => {
@@ -567,6 +680,30 @@ impl EventStore {
         if !rejected.is_empty() {
             batch.put_cf(self.cf(CF_META), META_SHIP_REJECTED, n.to_be_bytes());
         }
+        if let Some(t) = through.filter(|_| self.track_shipped) {
+            // The events these entries carried are shipped: retention may evict them now.
+            let it = self.db.iterator_cf(
+                self.cf(CF_SPOOL),
+                IteratorMode::From(&head.to_be_bytes(), Direction::Forward),
+            );
+            for item in it {
+                let (k, rec) = item?;
+                match k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                {
+                    Some(seq) if seq <= t => {}
+                    _ => break,
+                }
+                if rec.len() == 45 && rec[0] == SPOOL_EVENT {
+                    let mut key = [0u8; 40];
+                    key[..8].copy_from_slice(&rec[37..45]);
+                    key[8..].copy_from_slice(&rec[1..33]);
+                    batch.put_cf(self.cf(CF_SHIPPED), key, []);
+                }
+            }
+        }
         if let Some(t) = through {
             batch.delete_range_cf(self.cf(CF_SPOOL), head.to_be_bytes(), (t + 1).to_be_bytes());
         }
@@ -684,6 +821,66 @@ impl EventStore {
         Ok(n)
     }
 
+    /// Retention for a node that ships upstream: replace the bodies of up to `max` shipped
+    /// events, oldest stored first, that were stored at or before `before` (unix seconds) by a
+    /// 65-byte record (a tag and the signature), in ONE atomic write. What dedup needs stays:
+    /// the id is still known (a copy arriving again is a sighting, not a new event), and so is
+    /// every sighting. An event not yet acked by the archive is never in the shipped queue, so
+    /// it is never evicted. Returns (events evicted, body bytes freed before compression).
+    pub fn evict_shipped(&self, before: u64, max: usize) -> Result<(u64, u64), StoreError> {
+        if self.read_only || max == 0 {
+            return Ok((0, 0));
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let (mut n, mut freed) = (0u64, 0u64);
+        let it = self
+            .db
+            .iterator_cf(self.cf(CF_SHIPPED), IteratorMode::Start);
+        for item in it.take(max) {
+            let (k, _) = item?;
+            let (Some(at), Ok(id)) = (
+                k.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                <[u8; 32]>::try_from(k.get(8..).unwrap_or_default()),
+            ) else {
+                batch.delete_cf(self.cf(CF_SHIPPED), &k);
+                continue;
+            };
+            if at > before {
+                break;
+            }
+            batch.delete_cf(self.cf(CF_SHIPPED), &k);
+            let Some(raw) = self.db.get_pinned_cf(self.cf(CF_EVENTS), id)? else {
+                continue;
+            };
+            if raw.first() != Some(&1) || raw.len() < 111 {
+                continue; // already evicted, or corrupt (quarantined when read)
+            }
+            let mut kept = [0u8; 65];
+            kept[0] = EVICTED_TAG;
+            kept[1..].copy_from_slice(&raw[1..65]);
+            let mut tkey = [0u8; 40];
+            tkey[..8].copy_from_slice(&raw[97..105]);
+            tkey[8..].copy_from_slice(&id);
+            batch.put_cf(self.cf(CF_EVENTS), id, kept);
+            batch.delete_cf(self.cf(CF_BY_TIME), tkey);
+            freed += raw.len() as u64;
+            n += 1;
+        }
+        if batch.is_empty() {
+            return Ok((0, 0));
+        }
+        let total = self.evicted.load(Ordering::Relaxed) + n;
+        batch.put_cf(self.cf(CF_META), META_EVICTED, total.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &wo)?;
+        self.evicted.store(total, Ordering::Relaxed);
+        Ok((n, freed))
+    }
+
     /// Seen-at time of the oldest spool entry (how far shipping lags), if any.
     pub fn spool_oldest_seen_at(&self) -> Result<Option<u64>, StoreError> {
         Ok(self
@@ -704,6 +901,7 @@ impl EventStore {
                 .saturating_sub(self.spool_head.load(Ordering::Relaxed)),
             quarantined: self.quarantined.load(Ordering::Relaxed),
             ship_rejected: self.ship_rejected.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 

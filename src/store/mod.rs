@@ -77,7 +77,14 @@ impl Stores {
             path: dir.display().to_string(),
             source,
         })?;
-        Ok(Arc::new(State::open(&dir.join("state.sqlite"))?))
+        let state = State::open(&dir.join("state.sqlite"))?;
+        // Registry commands register relays: the ids the event store refers to must be taken
+        // first (read-only: a running node may hold the store).
+        if dir.join("events").join("CURRENT").exists() {
+            let events = EventStore::open_read_only(&dir.join("events"), &Self::event_opts(cfg))?;
+            reconcile_relays(&events, &state)?;
+        }
+        Ok(Arc::new(state))
     }
 
     fn event_opts(cfg: &Config) -> EventStoreOptions {
@@ -86,6 +93,23 @@ impl Stores {
             write_buffer_bytes: cfg.storage.write_buffer_mb << 20,
             sync_writes: cfg.storage.sync_writes,
             spool: cfg.spool_enabled(),
+            track_shipped: cfg
+                .storage
+                .shipped_retention(cfg.upstream.enabled())
+                .is_some(),
+        }
+    }
+
+    /// Refuse work that writes when the data dir's disk is below `storage.min_free_disk_mb`.
+    pub fn check_free_disk(cfg: &Config) -> Result<(), OpenError> {
+        let dir = cfg.data_dir();
+        match free_disk_mb(&dir) {
+            Some(free) if free < cfg.storage.min_free_disk_mb => Err(OpenError::DiskFull {
+                path: dir.display().to_string(),
+                free_mb: free,
+                min_mb: cfg.storage.min_free_disk_mb,
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -95,15 +119,7 @@ impl Stores {
             path: dir.display().to_string(),
             source,
         })?;
-        if let Some(free) = free_disk_mb(&dir) {
-            if free < cfg.storage.min_free_disk_mb {
-                return Err(OpenError::DiskFull {
-                    path: dir.display().to_string(),
-                    free_mb: free,
-                    min_mb: cfg.storage.min_free_disk_mb,
-                });
-            }
-        }
+        Self::check_free_disk(cfg)?;
         // Another command may hold the RocksDB lock for a moment (`status` creating a fresh
         // store just as `run` starts): wait up to 5 s before giving up.
         let mut tries = 0;
@@ -122,6 +138,7 @@ impl Stores {
         // cursors "proven", in the future: never synced again until that date.
         let slack = (cfg.sync.backoff_max_secs.max(cfg.monitor.max_backoff_secs) as i64)
             .saturating_add(FUTURE_SLACK_SECS);
+        reconcile_relays(&events, &state)?;
         let reset = state.repair_future_times(state::now(), slack)?;
         if reset > 0 {
             tracing::warn!(
@@ -134,6 +151,67 @@ impl Stores {
             state: Arc::new(state),
         })
     }
+}
+
+/// Make the registry agree with the relay ids the event store refers to. An older
+/// `state.sqlite` (a restored backup, a card cloned mid-write) lacks relays registered after it
+/// was taken: SQLite would hand their ids to the next new URLs, and sightings already stored
+/// would then name the wrong relay, here and upstream. Each missing id is registered again
+/// under its URL (it is synced again from the start; dedup makes that cheap). An id that
+/// names another URL means the two stores are not from the same data dir: a clear error.
+fn reconcile_relays(events: &EventStore, state: &State) -> Result<(), OpenError> {
+    // A store made before bindings existed: bind what the registry says was synced.
+    if events.bound_relays().is_empty() {
+        for (id, url) in state.synced_relays()? {
+            events.bind_relay(id, &url)?;
+        }
+    }
+    let mut restored = 0usize;
+    for (id, url) in events.bound_relays() {
+        let registered = state.relay_by_id(id)?;
+        match registered {
+            Some(row) if row.url == url => {}
+            Some(row) => {
+                return Err(StoreError::RelayMismatch {
+                    id,
+                    registry: row.url,
+                    events: url,
+                }
+                .into())
+            }
+            None => {
+                let parsed = crate::protocol::url::normalize(&url).ok();
+                let put_back = match &parsed {
+                    Some(u) => state.restore_relay(id, u)?,
+                    None => false,
+                };
+                if !put_back {
+                    // The URL sits under another id (or no longer parses): not one lineage.
+                    let registry = match &parsed {
+                        Some(u) => match state.relay_id(u)? {
+                            Some(other) => format!("missing (its URL is registered as id {other})"),
+                            None => "missing".to_string(),
+                        },
+                        None => "missing (the URL no longer parses)".to_string(),
+                    };
+                    return Err(StoreError::RelayMismatch {
+                        id,
+                        registry,
+                        events: url,
+                    }
+                    .into());
+                }
+                restored += 1;
+            }
+        }
+    }
+    if restored > 0 {
+        tracing::warn!(
+            relays = restored,
+            "state.sqlite is older than the event store (restored from a backup?): relays it lacked were registered again under their ids and will be synced again"
+        );
+    }
+    Ok(())
 }
 
 /// How far beyond the longest configured backoff a stored time may lie before it is treated

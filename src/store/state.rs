@@ -101,7 +101,14 @@ const SCHEMA: &[&str] = &[
     CREATE TRIGGER observation_counted_out AFTER DELETE ON observation BEGIN
         UPDATE row_count SET n = n - 1 WHERE name = 'observation';
     END;",
+    // version 6: unproven seconds are capped per relay; those past the cap are counted
+    "ALTER TABLE relay ADD COLUMN unproven_dropped INTEGER NOT NULL DEFAULT 0;",
 ];
+
+/// Unproven seconds recorded per relay at most: a relay saturating every second (hostile, or
+/// huge without COUNT/NIP-77) must not grow the table without bound. Past the cap they are only
+/// counted (`relay.unproven_dropped`); the relay's history is then never called complete.
+pub const MAX_UNPROVEN_PER_RELAY: i64 = 10_000;
 
 /// Relays due for a sync session that have answered before (by the `relay_due_known` index),
 /// then those never reached (`relay_due_new`): see [`State::due_relays`].
@@ -299,6 +306,43 @@ impl State {
             tx.commit()?;
             Ok(added)
         })
+    }
+
+    /// Put a relay back under the id the event store knows it by (an older `state.sqlite` was
+    /// restored beside a newer event store). Durable when it returns. Returns false, changing
+    /// nothing, when the id or the URL is already taken.
+    pub fn restore_relay(&self, id: u32, url: &RelayUrl) -> Result<bool, StateError> {
+        let conn = self.conn();
+        durably(&conn, |c| {
+            Ok(c.execute(
+                "INSERT INTO relay (id, url, network, source, discovered_at)
+                 VALUES (?1, ?2, ?3, 'restored', ?4) ON CONFLICT DO NOTHING",
+                params![id, url.as_str(), url.network().as_str(), now()],
+            )? == 1)
+        })
+    }
+
+    /// The id `url` is registered under, if it is.
+    pub fn relay_id(&self, url: &RelayUrl) -> Result<Option<u32>, StateError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT id FROM relay WHERE url = ?1", [url.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Relays whose events may be in the event store: a cursor, an unproven second or a
+    /// finished session refers to them (for binding an event store made before bindings).
+    pub fn synced_relays(&self) -> Result<Vec<(u32, String)>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, url FROM relay WHERE last_success_at IS NOT NULL
+                OR id IN (SELECT relay_id FROM sync_cursor)
+                OR id IN (SELECT relay_id FROM unproven_second) ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Those of `urls` not registered yet (one indexed lookup each, under one lock).
@@ -531,12 +575,41 @@ impl State {
     }
 
     pub fn record_unproven(&self, id: u32, second: u64, reason: &str) -> Result<(), StateError> {
-        self.conn().execute(
-            "INSERT INTO unproven_second (relay_id, second, reason, recorded_at) VALUES (?1, ?2, ?3, ?4)
+        let conn = self.conn();
+        let written = conn.execute(
+            "INSERT INTO unproven_second (relay_id, second, reason, recorded_at)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE (SELECT count(*) FROM unproven_second WHERE relay_id = ?1) < ?5
+                OR EXISTS (SELECT 1 FROM unproven_second WHERE relay_id = ?1 AND second = ?2)
              ON CONFLICT(relay_id, second) DO UPDATE SET reason = ?3, recorded_at = ?4",
-            params![id, second as i64, truncate(reason, 300), now()],
+            params![
+                id,
+                second as i64,
+                truncate(reason, 300),
+                now(),
+                MAX_UNPROVEN_PER_RELAY
+            ],
         )?;
+        if written == 0 {
+            conn.execute(
+                "UPDATE relay SET unproven_dropped = unproven_dropped + 1 WHERE id = ?1",
+                [id],
+            )?;
+        }
         Ok(())
+    }
+
+    /// Unproven seconds of this relay past [`MAX_UNPROVEN_PER_RELAY`], counted, not listed.
+    pub fn unproven_dropped(&self, id: u32) -> Result<u64, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT unproven_dropped FROM relay WHERE id = ?1",
+                [id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(0) as u64)
     }
 
     pub fn clear_unproven(&self, id: u32, second: u64) -> Result<(), StateError> {
@@ -561,7 +634,8 @@ impl State {
         let mut st = conn.prepare(
             "SELECT r.url, r.status, c.done_until, c.pass_top, c.pass_frontier,
                     COALESCE(c.events_received, 0), COALESCE(c.events_new, 0),
-                    (SELECT COUNT(*) FROM unproven_second u WHERE u.relay_id = r.id), r.last_error
+                    (SELECT COUNT(*) FROM unproven_second u WHERE u.relay_id = r.id)
+                        + r.unproven_dropped, r.last_error
              FROM relay r LEFT JOIN sync_cursor c ON c.relay_id = r.id ORDER BY r.url",
         )?;
         let rows = st.query_map([], |r| {
@@ -700,6 +774,43 @@ mod tests {
     }
 
     #[test]
+    fn unproven_seconds_are_capped_per_relay_and_the_rest_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.sqlite")).unwrap();
+        let (a, _) = st
+            .add_relay(&normalize("wss://a.example.com").unwrap(), "t")
+            .unwrap();
+        let (b, _) = st
+            .add_relay(&normalize("wss://b.example.com").unwrap(), "t")
+            .unwrap();
+        let cap = MAX_UNPROVEN_PER_RELAY as u64;
+        {
+            let conn = st.conn();
+            conn.execute_batch("BEGIN").unwrap();
+            drop(conn);
+            for s in 0..cap + 25 {
+                st.record_unproven(a, s, "saturated").unwrap();
+            }
+            st.conn().execute_batch("COMMIT").unwrap();
+        }
+        assert_eq!(st.unproven(a).unwrap().len() as u64, cap);
+        assert_eq!(st.unproven_dropped(a).unwrap(), 25);
+        // A second already listed is updated, not dropped; another relay has its own cap.
+        st.record_unproven(a, 3, "again").unwrap();
+        assert_eq!(st.unproven_dropped(a).unwrap(), 25);
+        st.record_unproven(b, 1, "saturated").unwrap();
+        assert_eq!(st.unproven(b).unwrap().len(), 1);
+        assert_eq!(st.unproven_dropped(b).unwrap(), 0);
+        let p = st.progress().unwrap();
+        let row = p.iter().find(|r| r.url == "wss://a.example.com").unwrap();
+        assert_eq!(
+            row.unproven_seconds,
+            cap + 25,
+            "status counts the dropped ones too"
+        );
+    }
+
+    #[test]
     fn registry_cursor_and_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
@@ -739,5 +850,6 @@ mod tests {
         assert_eq!(st.unproven(id).unwrap(), vec![(77, "why".to_string())]);
         st.clear_unproven(id, 77).unwrap();
         assert!(st.unproven(id).unwrap().is_empty());
+        assert_eq!(st.unproven_dropped(id).unwrap(), 0);
     }
 }

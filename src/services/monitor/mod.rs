@@ -52,6 +52,10 @@ pub struct MonitorContext {
     pub upstream: bool,
     /// Operator-supplied MaxMind-format databases (possibly none).
     pub geo: geo::GeoDb,
+    /// Where the state lives, and the free-disk floor below which no check is recorded
+    /// (`storage.min_free_disk_mb`): checks pause until space is freed.
+    pub data_dir: std::path::PathBuf,
+    pub min_free_disk_mb: u64,
 }
 
 impl MonitorContext {
@@ -354,6 +358,8 @@ pub struct MonitorStats {
     pub in_flight: u64,
     pub last_check_at: Option<i64>,
     pub pruned_observations: u64,
+    /// Observations pruned before the archive took them (older than `max_unshipped_days`).
+    pub pruned_unshipped: u64,
 }
 
 fn tally(stats: &mut MonitorStats, r: &RelayReport) {
@@ -426,9 +432,11 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
     let mut tasks: HashMap<tokio::task::Id, u32> = HashMap::new();
     let mut busy: HashSet<u32> = HashSet::new();
     let mut last_prune = Instant::now() - PRUNE_EVERY;
-    let mut pruning: Option<tokio::task::JoinHandle<Result<(usize, usize), StateError>>> = None;
+    let mut pruning: Option<tokio::task::JoinHandle<PruneResult>> = None;
     let mut last_announce: Option<Instant> = None;
     let mut last_save = Instant::now();
+    let mut last_disk_check = Instant::now() - Duration::from_secs(60);
+    let mut disk_low = false;
     loop {
         if ctx.shutdown.is_triggered() {
             break;
@@ -457,8 +465,33 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
             pruning = Some(tokio::task::spawn_blocking(move || prune(&c)));
             last_prune = Instant::now();
         }
+        // Below the free-disk floor no check starts (each one writes): paused, and said so.
+        if last_disk_check.elapsed() >= Duration::from_secs(10) {
+            last_disk_check = Instant::now();
+            let low = crate::store::free_disk_mb(&ctx.data_dir)
+                .filter(|free| *free < ctx.min_free_disk_mb);
+            match (low, disk_low) {
+                (Some(free), false) => {
+                    tracing::warn!(
+                        free_mib = free,
+                        min_mib = ctx.min_free_disk_mb,
+                        "monitor paused: free disk below storage.min_free_disk_mb; free some space"
+                    );
+                    stats.state = format!(
+                        "paused: only {free} MiB free (storage.min_free_disk_mb = {}); free disk space",
+                        ctx.min_free_disk_mb
+                    );
+                }
+                (None, true) => {
+                    tracing::info!("monitor resumed: free disk above the floor again");
+                    stats.state = "running".into();
+                }
+                _ => {}
+            }
+            disk_low = low.is_some();
+        }
         let free = ctx.cfg.max_concurrent.saturating_sub(set.len());
-        if free > 0 {
+        if free > 0 && !disk_low {
             let (state, b) = (ctx.state.clone(), busy.clone());
             let due = tokio::task::spawn_blocking(move || state.due_checks(unix_now(), free, &b))
                 .await
@@ -528,10 +561,11 @@ pub async fn run(ctx: Arc<MonitorContext>) -> anyhow::Result<()> {
 /// history (a few thousand rows on a large node, well under 100 ms).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-fn tally_prune(stats: &mut MonitorStats, r: Result<(usize, usize), StateError>) {
+fn tally_prune(stats: &mut MonitorStats, r: PruneResult) {
     match r {
-        Ok((obs, docs)) => {
+        Ok((obs, docs, unshipped)) => {
             stats.pruned_observations += obs as u64;
+            stats.pruned_unshipped += unshipped as u64;
             if obs > 0 {
                 tracing::info!(observations = obs, documents = docs, "pruned check history");
             }
@@ -540,7 +574,10 @@ fn tally_prune(stats: &mut MonitorStats, r: Result<(usize, usize), StateError>) 
     }
 }
 
-fn prune(ctx: &MonitorContext) -> Result<(usize, usize), StateError> {
+/// (observations, documents, unshipped observations) pruned.
+type PruneResult = Result<(usize, usize, usize), StateError>;
+
+fn prune(ctx: &MonitorContext) -> PruneResult {
     let before = unix_now() - (ctx.cfg.history_days as i64) * 86_400;
     let keep_after = ctx.upstream.then(|| {
         ctx.state
@@ -550,5 +587,21 @@ fn prune(ctx: &MonitorContext) -> Result<(usize, usize), StateError> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     });
-    ctx.state.prune_history(before, keep_after)
+    let (mut obs, mut docs) = ctx.state.prune_history(before, keep_after)?;
+    // Unshipped history has a limit too: an archive unreachable for months must not fill the
+    // disk. What is cut this way is counted and said.
+    let mut unshipped = 0;
+    if keep_after.is_some() {
+        let days = ctx.cfg.max_unshipped_days.max(ctx.cfg.history_days) as i64;
+        let (o, d) = ctx.state.prune_history(unix_now() - days * 86_400, None)?;
+        if o > 0 {
+            tracing::warn!(
+                observations = o,
+                days,
+                "observations the archive never took were older than monitor.max_unshipped_days and were pruned (is the archive reachable?)"
+            );
+        }
+        (obs, docs, unshipped) = (obs + o, docs + d, o);
+    }
+    Ok((obs, docs, unshipped))
 }

@@ -124,6 +124,8 @@ pub enum Mode {
 pub struct Outcome {
     pub pass_complete: bool,
     pub unproven: Vec<(u64, String)>,
+    /// Unproven seconds past the per-relay cap: counted, not listed (never "complete").
+    pub unproven_dropped: u64,
     pub received: u64,
     pub new_events: u64,
     /// Events refused: malformed, over a size cap, wrong id or bad signature.
@@ -215,6 +217,8 @@ pub async fn run(
             }),
         )));
     }
+    // Before any sighting refers to this id (see `EventStore::bind_relay`).
+    ctx.stores.events.bind_relay(relay, url.as_str())?;
     // NIP-11 max_limit lowers the page limit; the document is fetched at most once a day.
     let mut caps = ctx.stores.state.caps(relay)?;
     let stale = caps
@@ -267,6 +271,7 @@ pub async fn run(
     }
     result?;
     s.outcome.unproven = ctx.stores.state.unproven(relay)?;
+    s.outcome.unproven_dropped = ctx.stores.state.unproven_dropped(relay)?;
     Ok(s.outcome)
 }
 
