@@ -17,14 +17,14 @@
 //!    never a crash loop.
 //!
 //! Key layout (all integers big-endian so byte order is numeric order):
-//! - `events`:     id(32)                     -> `Event::encode()` (tag 1), or, once evicted
-//!                                                 after shipping, tag 2 + sig(64)
+//! - `events`:     id(32)                     -> `Event::encode()` (tag 1), or tag 2 + sig(64)
+//!   once evicted after shipping
 //! - `seen`:       id(32) relay(u32)          -> first seen, unix seconds (u64)
 //! - `by_time`:    created_at(u64) id(32)     -> ()
 //! - `ingest`:     seq(u64)                   -> id(32)       (Finder reads it by watermark)
 //! - `spool`:      seq(u64)                   -> tag(1) id(32) relay(u32) seen_at(u64)
 //! - `meta`:       name                       -> u64 counters
-//!                 `relay/` relay(u32)        -> the relay's URL (see `bind_relay`)
+//! - `meta`:       `relay/` relay(u32)        -> the relay's URL (see `bind_relay`)
 //! - `quarantine`: cf name + key              -> raw value
 //! - `shipped`:    seen_at(u64) id(32)        -> ()           (retention's queue of acked events)
 
