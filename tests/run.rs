@@ -10,8 +10,13 @@ use support::*;
 
 const T0: u64 = 1_710_000_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_discovers_relays_from_events_and_stops_gracefully() {
+/// Discovery runs in a loopback-only network namespace: a bug cannot send real traffic.
+#[test]
+fn run_discovers_relays_from_events_and_stops_gracefully() {
+    support::ns::in_netns(discovers_and_stops());
+}
+
+async fn discovers_and_stops() {
     let authors = keys(3);
     let b_events = notes(80, &authors, |i| T0 + 1_000 + i as u64);
     let b = local_relay(&b_events, RelayOpts::default()).await;
@@ -115,4 +120,86 @@ async fn run_discovers_relays_from_events_and_stops_gracefully() {
             .contains("no route"),
         "{onion_row}"
     );
+}
+
+/// A flood of listed relays, end to end (issue 11): kind-3 content maps and kind-10002 lists
+/// naming ~147,000 unique relays, served beside ordinary events. The registry stays within the
+/// Finder's hourly limit, and every ordinary event on the seeded relay and on the one relay an
+/// honest list names is archived. (Before the Finder was bounded, every listed URL was
+/// registered, and junk relays competed with the real ones for every sync slot.)
+#[test]
+fn a_flood_of_listed_relays_stays_bounded_and_real_relays_are_archived() {
+    support::ns::in_netns(async {
+        let authors = keys(4);
+        let b_events = notes(3_000, &authors, |i| T0 + 50_000 + i as u64);
+        let b = local_relay(&b_events, RelayOpts::default()).await;
+        let mut a_events = notes(5_000, &authors, |i| T0 + i as u64);
+        let flooder = Keys::generate();
+        for e in 0..30u64 {
+            let map: Vec<String> = (0..3_000)
+                .map(|i| format!(r#""wss://r{e}x{i}.flood{}.test":{{"read":true}}"#, i % 50))
+                .collect();
+            a_events.push(
+                EventBuilder::new(Kind::ContactList, format!("{{{}}}", map.join(",")))
+                    .custom_created_at(Timestamp::from(T0 + 10_000 + e))
+                    .sign_with_keys(&flooder)
+                    .expect("sign"),
+            );
+            let tags: Vec<Tag> = (0..1_900)
+                .map(|i| {
+                    Tag::parse(["r", &format!("wss://q{e}x{i}.flood{}.test", i % 50)]).expect("tag")
+                })
+                .collect();
+            a_events.push(
+                EventBuilder::new(Kind::RelayList, "")
+                    .tags(tags)
+                    .custom_created_at(Timestamp::from(T0 + 20_000 + e))
+                    .sign_with_keys(&flooder)
+                    .expect("sign"),
+            );
+        }
+        a_events.push(
+            EventBuilder::new(Kind::RelayList, "")
+                .tags([Tag::parse(["r", &b.url]).expect("tag")])
+                .custom_created_at(Timestamp::from(T0 + 30_000))
+                .sign_with_keys(&authors[0])
+                .expect("sign"),
+        );
+        let a = local_relay(&a_events, RelayOpts::default()).await;
+        let node = Node::new(
+            "[finder]\ninterval_secs = 1\n[sync]\nlive_turn_secs = 2\nbackoff_min_secs = 1\n[monitor]\nenabled = false\n",
+        );
+        node.seed_with(&[&a.url]);
+        let child = support::ns::KillOnDrop(Some(node.cmd().arg("run").spawn().expect("spawn")));
+        let want = ids_of(&a_events).union(&ids_of(&b_events)).count() as u64;
+        let start = Instant::now();
+        let mut status = serde_json::Value::Null;
+        while start.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            status = node.status();
+            if status["events_stored"].as_u64() == Some(want) {
+                break;
+            }
+        }
+        let known = status["relays_known"].as_u64().unwrap_or(u64::MAX);
+        assert_eq!(
+            status["events_stored"].as_u64(),
+            Some(want),
+            "every ordinary event archived ({known} relays registered)"
+        );
+        let urls: Vec<&str> = status["relays"]
+            .as_array()
+            .expect("relays")
+            .iter()
+            .filter_map(|r| r["url"].as_str())
+            .collect();
+        assert!(urls.contains(&b.url.as_str()), "B discovered");
+        // The seeded relay, B, and at most `finder.max_new_per_hour` (500) others.
+        assert!(
+            known <= 502,
+            "{known} relays registered from a flood of ~147,000"
+        );
+        let mut child = child;
+        stop_gracefully(child.0.take().expect("child"), Duration::from_secs(30)).await;
+    });
 }

@@ -171,6 +171,103 @@ mod tests {
         assert_eq!(s.counters().events, 6);
     }
 
+    /// An event the archive refused is done with shipping too: it must not pin its blob file
+    /// forever, so it is evicted like a shipped one (its spool record stays in quarantine).
+    #[test]
+    fn events_set_aside_by_the_archive_are_evicted_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EventStore::open(
+            dir.path(),
+            &EventStoreOptions {
+                spool: true,
+                track_shipped: true,
+                ..EventStoreOptions::default()
+            },
+        )
+        .unwrap();
+        s.write_page(1, 10, &[ev(1), ev(2)], &[], None).unwrap();
+        let refused = s.spool_peek(1).unwrap().remove(0);
+        s.spool_settle(&[(refused.0, refused.1, "NUL in content".into())], Some(1))
+            .unwrap();
+        assert_eq!(
+            retention(dir.path(), 0, 0).sweep(&s, 100).unwrap().events,
+            2
+        );
+        assert!(readable(&s).is_empty());
+        assert_eq!(s.counters().ship_rejected, 1);
+    }
+
+    /// Bytes of event bodies in blob files under `dir`.
+    fn blob_bytes(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "blob"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Event bodies live in blob files (no blob GC): evicting every body of a file must make
+    /// RocksDB delete it, or retention would free nothing on disk.
+    #[test]
+    fn evicted_bodies_leave_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EventStore::open(
+            dir.path(),
+            &EventStoreOptions {
+                spool: true,
+                track_shipped: true,
+                ..EventStoreOptions::default()
+            },
+        )
+        .unwrap();
+        let body = |n: u32| Event {
+            id: {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&n.to_be_bytes());
+                id
+            },
+            pubkey: [1; 32],
+            created_at: 1_000 + n as u64,
+            kind: 1,
+            tags: vec![],
+            // Pseudo-random letters: LZ4 cannot shrink them, so the blob files hold ~20 MB.
+            content: {
+                let mut x = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                (0..2_000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (b'a' + (x % 26) as u8) as char
+                    })
+                    .collect()
+            },
+            sig: [7; 64],
+        };
+        for chunk in 0..20u32 {
+            let page: Vec<Event> = (0..500).map(|i| body(chunk * 500 + i)).collect();
+            s.write_page(1, 10, &page, &[], None).unwrap();
+        }
+        s.compact_all().unwrap();
+        let before = blob_bytes(dir.path());
+        assert!(
+            before > 10 << 20,
+            "bodies are in blob files ({before} bytes)"
+        );
+        s.spool_ack(9_999).unwrap();
+        assert_eq!(
+            retention(dir.path(), 0, 0).sweep(&s, 100).unwrap().events,
+            10_000
+        );
+        s.compact_all().unwrap();
+        let after = blob_bytes(dir.path());
+        assert!(
+            after < before / 20,
+            "blob files left: {after} of {before} bytes"
+        );
+    }
+
     #[test]
     fn a_store_that_does_not_track_shipping_evicts_nothing() {
         let dir = tempfile::tempdir().unwrap();

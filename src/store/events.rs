@@ -64,6 +64,9 @@ const META_SEEN: &[u8] = b"seen";
 const META_QUARANTINED: &[u8] = b"quarantined";
 const META_SHIP_REJECTED: &[u8] = b"ship_rejected";
 const META_EVICTED: &[u8] = b"evicted";
+/// Event records at least this long go to blob files (see `open_mode`); smaller ones (short
+/// notes, evicted records) stay inline.
+const MIN_BLOB_BYTES: u64 = 256;
 /// The record kept for an evicted event: this tag, then its signature (what dedup compares).
 const EVICTED_TAG: u8 = 2;
 /// `relay/` + id (u32, big-endian) -> the relay's URL: every relay id that sightings and spool
@@ -222,6 +225,19 @@ impl EventStore {
                 DBCompressionType::None
             });
             o.set_level_compaction_dynamic_level_bytes(true);
+            if name == CF_EVENTS {
+                // Event bodies live in blob files, written once at flush: compactions move only
+                // keys and blob references. With the bodies in the LSM tree, every compaction
+                // of random ids rewrote them (9.2x bytes written per event byte while syncing a
+                // large history; see docs/BENCHMARKS.md). No blob GC: it relocates live blobs
+                // from the oldest files on every compaction that touches them (it wrote more
+                // than the data itself in the same bench). Retention evicts oldest-stored first,
+                // and a blob file whose every blob was evicted is deleted without GC.
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(MIN_BLOB_BYTES);
+                o.set_blob_compression_type(DBCompressionType::Lz4);
+                o.set_enable_blob_gc(false);
+            }
             ColumnFamilyDescriptor::new(name, o)
         };
         // A reader may come first after an upgrade added a column family: open what exists
@@ -664,6 +680,14 @@ impl EventStore {
         let n = self.ship_rejected.load(Ordering::Relaxed) + rejected.len() as u64;
         let mut batch = WriteBatch::default();
         for (seq, rec, reason) in rejected {
+            if self.track_shipped && rec.len() == 45 && rec[0] == SPOOL_EVENT {
+                // Done with shipping too: kept as long as shipped events, then evicted (an
+                // event that can never ship must not pin its blob file forever).
+                let mut key = [0u8; 40];
+                key[..8].copy_from_slice(&rec[37..45]);
+                key[8..].copy_from_slice(&rec[1..33]);
+                batch.put_cf(self.cf(CF_SHIPPED), key, []);
+            }
             let mut qkey = CF_SPOOL.as_bytes().to_vec();
             qkey.push(0);
             qkey.extend_from_slice(&seq.to_be_bytes());
@@ -903,6 +927,17 @@ impl EventStore {
             ship_rejected: self.ship_rejected.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
         }
+    }
+
+    /// Flush and compact everything now (tests: what retention frees shows on disk at once).
+    #[cfg(test)]
+    pub fn compact_all(&self) -> Result<(), StoreError> {
+        self.flush()?;
+        for name in ALL_CFS {
+            self.db
+                .compact_range_cf(self.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
     }
 
     /// Flush memtables (clean shutdown; the WAL already makes every write durable).
