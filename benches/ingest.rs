@@ -176,7 +176,7 @@ async fn bench_ingest() {
         let before = ceiling(&events);
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
-        let mut cmd = wrapped(BIN);
+        let mut cmd = wrapped(&node_bin());
         cmd.args([
             "--config",
             cfg.to_str().expect("utf8"),
