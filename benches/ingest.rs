@@ -244,10 +244,15 @@ async fn bench_wire() {
     let n = env_usize("BENCH_EVENTS", 30_000);
     let k = Keys::generate();
     let t0 = 1_700_000_000u64;
-    // Bursty history: most seconds hold 0-3 events, some hold dozens.
+    // Bursty history: most seconds hold 0-3 events, some hold dozens. BENCH_WIRE_SATURATED=S
+    // puts the first S x 3 events into three seconds of S events each (S > 500: seconds fuller
+    // than the relay's clamp, which the node must narrow).
+    let saturated = env_usize("BENCH_WIRE_SATURATED", 0);
     let events: Vec<hostile::RawEvent> = (0..n)
         .map(|i| {
-            let ts = if i % 10 == 0 {
+            let ts = if i < saturated * 3 {
+                t0 + 1_000 + (i / saturated.max(1)) as u64 * 5_000
+            } else if i % 10 == 0 {
                 t0 + (i as u64 / 40) * 40
             } else {
                 t0 + (i as u64 * 7919) % (n as u64)
