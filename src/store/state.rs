@@ -773,6 +773,52 @@ mod tests {
         assert_eq!(due.len(), 2, "both relays are due again now");
     }
 
+    /// A refusal of COUNT or NIP-77 and the out-of-order mark stand for VERDICT_TTL_SECS, then
+    /// read back as unknown, so the relay is asked again (relays get upgraded).
+    #[test]
+    fn verdicts_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.sqlite")).unwrap();
+        let (id, _) = st
+            .add_relay(&normalize("wss://a.example.com").unwrap(), "t")
+            .unwrap();
+        let mut caps = st.caps(id).unwrap();
+        caps.set_count(false);
+        caps.set_negentropy(false);
+        caps.misordered_at = Some(now());
+        caps.misordered_cap = Some(300);
+        st.set_caps(id, &caps).unwrap();
+        let fresh = st.caps(id).unwrap();
+        assert_eq!(fresh.supports_count, Some(false));
+        assert_eq!(fresh.supports_negentropy, Some(false));
+        assert_eq!(fresh.misordered_cap, Some(300));
+        // Given a minute less than the TTL ago: still standing; the TTL ago: expired.
+        for (age, standing) in [(VERDICT_TTL_SECS - 60, true), (VERDICT_TTL_SECS, false)] {
+            st.conn()
+                .execute(
+                    "UPDATE relay SET count_checked_at = ?2, negentropy_checked_at = ?2,
+                        misordered_at = ?2 WHERE id = ?1",
+                    params![id, now() - age],
+                )
+                .unwrap();
+            let c = st.caps(id).unwrap();
+            let want = standing.then_some(false);
+            assert_eq!(c.supports_count, want, "COUNT verdict {age} s old");
+            assert_eq!(c.supports_negentropy, want, "NIP-77 verdict {age} s old");
+            assert_eq!(
+                c.misordered_cap.is_some(),
+                standing,
+                "out-of-order mark {age} s old"
+            );
+        }
+        // A "yes" never expires (it is re-learned whenever it stops holding).
+        let mut yes = st.caps(id).unwrap();
+        yes.supports_count = Some(true);
+        yes.count_checked_at = Some(0);
+        st.set_caps(id, &yes).unwrap();
+        assert_eq!(st.caps(id).unwrap().supports_count, Some(true));
+    }
+
     #[test]
     fn unproven_seconds_are_capped_per_relay_and_the_rest_counted() {
         let dir = tempfile::tempdir().unwrap();
