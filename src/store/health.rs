@@ -284,15 +284,7 @@ impl State {
         busy: &std::collections::HashSet<u32>,
     ) -> Result<Vec<DueRelay>, StateError> {
         let conn = self.conn();
-        let mut st = conn.prepare_cached(
-            "SELECT r.id, r.url, coalesce(h.status, 'unknown') AS s,
-                    coalesce(h.next_open_at, 0) AS o, coalesce(h.next_nip11_at, 0) AS n11,
-                    coalesce(h.next_nip66_at, 0) AS n66
-             FROM relay r LEFT JOIN relay_health h ON h.relay_id = r.id
-             WHERE o <= ?1 OR (s <> 'offline' AND (n11 <= ?1 OR n66 <= ?1))
-             ORDER BY min(o, CASE WHEN s = 'offline' THEN o ELSE min(n11, n66) END), r.id
-             LIMIT ?2",
-        )?;
+        let mut st = conn.prepare_cached(DUE_CHECKS)?;
         let rows = st.query_map(params![at, (max + busy.len()) as i64], |r| {
             let status: String = r.get(2)?;
             let offline = status == "offline";
@@ -725,6 +717,38 @@ impl State {
     }
 }
 
+/// Relays with a check due at ?1, most overdue first, by the `relay_health_due` index.
+pub(super) const DUE_CHECKS: &str = "SELECT h.relay_id, r.url, h.status, h.next_open_at,
+        h.next_nip11_at, h.next_nip66_at
+     FROM relay_health h JOIN relay r ON r.id = h.relay_id
+     WHERE h.next_due_at <= ?1 ORDER BY h.next_due_at, h.relay_id LIMIT ?2";
+
+/// Schema step 7 (see `state.rs`): `next_due_at` = the earliest of the checks a relay is due
+/// for (an offline relay is only re-opened), kept by triggers.
+pub(super) const SCHEMA_V7: &str = "
+    ALTER TABLE relay_health ADD COLUMN next_due_at INTEGER NOT NULL DEFAULT 0;
+    INSERT INTO relay_health (relay_id)
+        SELECT id FROM relay WHERE id NOT IN (SELECT relay_id FROM relay_health);
+    UPDATE relay_health SET next_due_at = min(next_open_at,
+        CASE WHEN status = 'offline' THEN next_open_at ELSE min(next_nip11_at, next_nip66_at) END);
+    CREATE INDEX relay_health_due ON relay_health (next_due_at, relay_id);
+    CREATE TRIGGER relay_health_for_new_relay AFTER INSERT ON relay BEGIN
+        INSERT OR IGNORE INTO relay_health (relay_id) VALUES (NEW.id);
+    END;
+    CREATE TRIGGER relay_health_due_on_insert AFTER INSERT ON relay_health BEGIN
+        UPDATE relay_health SET next_due_at = min(NEW.next_open_at,
+            CASE WHEN NEW.status = 'offline' THEN NEW.next_open_at
+                 ELSE min(NEW.next_nip11_at, NEW.next_nip66_at) END)
+        WHERE relay_id = NEW.relay_id;
+    END;
+    CREATE TRIGGER relay_health_due_on_update
+        AFTER UPDATE OF status, next_open_at, next_nip11_at, next_nip66_at ON relay_health BEGIN
+        UPDATE relay_health SET next_due_at = min(NEW.next_open_at,
+            CASE WHEN NEW.status = 'offline' THEN NEW.next_open_at
+                 ELSE min(NEW.next_nip11_at, NEW.next_nip66_at) END)
+        WHERE relay_id = NEW.relay_id;
+    END;";
+
 /// Observations deleted per prune transaction (~20 ms of the state connection on a month of
 /// history; measured in `cargo bench --bench month`).
 pub const PRUNE_CHUNK: usize = 500;
@@ -969,6 +993,7 @@ mod tests {
             PRUNE_UPTIME,
             super::super::state::DUE_RELAYS,
             super::super::state::DUE_NEW_RELAYS,
+            DUE_CHECKS,
         ] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let args = vec![1i64; stmt.parameter_count()];

@@ -103,6 +103,10 @@ const SCHEMA: &[&str] = &[
     END;",
     // version 6: unproven seconds are capped per relay; those past the cap are counted
     "ALTER TABLE relay ADD COLUMN unproven_dropped INTEGER NOT NULL DEFAULT 0;",
+    // version 7: when each relay's next check is due, kept by triggers and indexed (the due-check
+    // query ordered the whole registry by an expression every second); every relay has a
+    // health row from registration on (its defaults are what a missing row meant)
+    super::health::SCHEMA_V7,
 ];
 
 /// Unproven seconds recorded per relay at most: a relay saturating every second (hostile, or
