@@ -55,7 +55,7 @@ fn build(path: &Path, relays: usize, docs: usize, obs: usize, month: bool, at: i
             .unwrap();
         let mut h = tx
             .prepare(
-                "INSERT INTO relay_health (relay_id, status, checked_at, next_open_at,
+                "INSERT OR REPLACE INTO relay_health (relay_id, status, checked_at, next_open_at,
                     next_nip11_at, next_nip66_at, nip11_id, nip66_id)
                  VALUES (?1, 'online', ?2, ?3, ?4, ?5, ?6, ?7)",
             )
