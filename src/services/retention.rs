@@ -89,6 +89,19 @@ mod tests {
         }
     }
 
+    /// A store with the spool on, queueing acked events for retention if `track_shipped`.
+    fn store(dir: &std::path::Path, track_shipped: bool) -> EventStore {
+        EventStore::open(
+            dir,
+            &EventStoreOptions {
+                spool: true,
+                track_shipped,
+                ..EventStoreOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
     fn retention(dir: &std::path::Path, keep_days: u64, min_free_disk_mb: u64) -> Retention {
         Retention {
             keep: Duration::from_secs(keep_days * 86_400),
@@ -107,15 +120,7 @@ mod tests {
     #[test]
     fn only_acknowledged_events_are_evicted_by_age_or_disk_pressure() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(
-            dir.path(),
-            &EventStoreOptions {
-                spool: true,
-                track_shipped: true,
-                ..EventStoreOptions::default()
-            },
-        )
-        .unwrap();
+        let s = store(dir.path(), true);
         let day = 86_400;
         s.write_page(1, 10 * day, &[ev(1), ev(2)], &[], None)
             .unwrap();
@@ -176,15 +181,7 @@ mod tests {
     #[test]
     fn events_set_aside_by_the_archive_are_evicted_too() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(
-            dir.path(),
-            &EventStoreOptions {
-                spool: true,
-                track_shipped: true,
-                ..EventStoreOptions::default()
-            },
-        )
-        .unwrap();
+        let s = store(dir.path(), true);
         s.write_page(1, 10, &[ev(1), ev(2)], &[], None).unwrap();
         let refused = s.spool_peek(1).unwrap().remove(0);
         s.spool_settle(&[(refused.0, refused.1, "NUL in content".into())], Some(1))
@@ -212,15 +209,7 @@ mod tests {
     #[test]
     fn evicted_bodies_leave_the_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(
-            dir.path(),
-            &EventStoreOptions {
-                spool: true,
-                track_shipped: true,
-                ..EventStoreOptions::default()
-            },
-        )
-        .unwrap();
+        let s = store(dir.path(), true);
         let body = |n: u32| Event {
             id: {
                 let mut id = [0u8; 32];
@@ -271,14 +260,7 @@ mod tests {
     #[test]
     fn a_store_that_does_not_track_shipping_evicts_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(
-            dir.path(),
-            &EventStoreOptions {
-                spool: true,
-                ..EventStoreOptions::default()
-            },
-        )
-        .unwrap();
+        let s = store(dir.path(), false);
         s.write_page(1, 10, &[ev(1), ev(2)], &[], None).unwrap();
         s.spool_ack(1).unwrap();
         let free = crate::store::free_disk_mb(dir.path()).unwrap();
