@@ -248,6 +248,9 @@ async fn bench_wire() {
     // puts the first S x 3 events into three seconds of S events each (S > 500: seconds fuller
     // than the relay's clamp, which the node must narrow).
     let saturated = env_usize("BENCH_WIRE_SATURATED", 0);
+    // The saturated seconds have 20 authors (a relay-wide second with one author and one kind
+    // can only be proven by NIP-77 or ids).
+    let burst_keys: Vec<Keys> = (0..20).map(|_| Keys::generate()).collect();
     let events: Vec<hostile::RawEvent> = (0..n)
         .map(|i| {
             let ts = if i < saturated * 3 {
@@ -257,7 +260,12 @@ async fn bench_wire() {
             } else {
                 t0 + (i as u64 * 7919) % (n as u64)
             };
-            hostile::sign_event(&k, ts, 1, vec![], &format!("wire {i}"))
+            let key = if i < saturated * 3 {
+                &burst_keys[i % burst_keys.len()]
+            } else {
+                &k
+            };
+            hostile::sign_event(key, ts, 1, vec![], &format!("wire {i}"))
         })
         .collect();
     let relay = hostile::HostileRelay::start(
@@ -291,7 +299,7 @@ async fn bench_wire() {
     assert!(ok, "sync failed");
     let sent = relay.events_sent();
     println!(
-        "wire efficiency: relay clamps limit to 500 (node asks 1000), {n} unique events, COUNT {}",
+        "wire efficiency: relay clamps limit to 500 (node asks 1000), {n} unique events ({saturated} in each of 3 seconds when > 0), COUNT {}",
         if std::env::var("BENCH_WIRE_COUNT").is_ok_and(|v| v == "0") {
             "refused"
         } else {
