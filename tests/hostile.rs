@@ -250,6 +250,42 @@ async fn silent_clamp_and_saturated_second_resolved_by_narrowing_and_count() {
     assert_same_ids(&node.exported_ids(), &ids(&events));
 }
 
+/// A saturated second of one kind: the full answer for the second is already what the kind's
+/// query would return (ties rank by id), so narrowing goes straight to authors and nothing is
+/// sent twice beyond what narrowing by author must re-send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_a_one_kind_second_does_not_ask_for_the_same_page_again() {
+    let authors = keys(6);
+    // 480 events in one second, 80 per author, all kind 1; clamp 100, COUNT exact, no NIP-77.
+    let events: Vec<RawEvent> = (0..480)
+        .map(|i| {
+            sign_event(
+                &authors[i % 6],
+                T0 + 50,
+                1,
+                vec![],
+                &format!("one kind {i}"),
+            )
+        })
+        .collect();
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            clamp: 100,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
+    assert_same_ids(&node.exported_ids(), &ids(&events));
+    // The first page (100, all in that second), the page anchored at that second (the same
+    // 100: it is the one that shows the second saturated), then each author's 80: 680. Asking
+    // for kind 1 as well sent the same 100 once more (780).
+    assert_eq!(relay.events_sent(), 680, "events sent for 480 unique");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unprovable_second_is_never_reported_complete() {
     let k = keys(1);

@@ -824,6 +824,20 @@ impl Session<'_> {
                 }
             }
         }
+        // A full answer for the second whose events all share a kind (or an author) is already
+        // what that subset's query would return: the relay ranks ties by id, so the first
+        // `limit` (or the relay's silent clamp) of the second ARE the first of the subset. Asking again would only
+        // send them twice (500 frames per saturated second of one kind).
+        if known.len() as u64 >= self.limit.min(self.seen_cap.max(1)) {
+            if let Some(first) = known.first() {
+                if known.iter().all(|m| m.kind == first.kind) {
+                    queued.insert(Subset::Kind(first.kind));
+                }
+                if known.iter().all(|m| m.pubkey == first.pubkey) {
+                    queued.insert(Subset::Author(first.pubkey));
+                }
+            }
+        }
         for m in &known {
             enqueue(&mut queue, &mut queued, m);
         }
