@@ -363,6 +363,15 @@ impl Event {
     pub fn encoded_sig(bytes: &[u8]) -> Option<&[u8]> {
         bytes.get(1..65)
     }
+
+    /// The `created_at` of a whole encoded record ([`Event::encode`]); `None` for anything
+    /// else (a record kept for an evicted event, a corrupt one).
+    pub fn encoded_created_at(bytes: &[u8]) -> Option<u64> {
+        if bytes.len() < 111 || bytes[0] != 1 {
+            return None;
+        }
+        bytes.get(97..105)?.try_into().ok().map(u64::from_be_bytes)
+    }
 }
 
 /// NIP-01 kind classes.
@@ -481,6 +490,7 @@ mod tests {
         let bytes = ev.encode();
         assert_eq!(Event::decode(ev.id, &bytes).unwrap(), ev);
         assert_eq!(Event::encoded_sig(&bytes).unwrap(), &ev.sig[..]);
+        assert_eq!(Event::encoded_created_at(&bytes), Some(ev.created_at));
         assert!(Event::decode(ev.id, &bytes[..50]).is_none());
         let back: serde_json::Value = serde_json::from_str(&ev.to_json()).unwrap();
         assert_eq!(back["content"], "round \u{0} trip");

@@ -680,12 +680,9 @@ impl EventStore {
         let n = self.ship_rejected.load(Ordering::Relaxed) + rejected.len() as u64;
         let mut batch = WriteBatch::default();
         for (seq, rec, reason) in rejected {
-            if self.track_shipped && rec.len() == 45 && rec[0] == SPOOL_EVENT {
-                // Done with shipping too: kept as long as shipped events, then evicted (an
-                // event that can never ship must not pin its blob file forever).
-                let mut key = [0u8; 40];
-                key[..8].copy_from_slice(&rec[37..45]);
-                key[8..].copy_from_slice(&rec[1..33]);
+            // Done with shipping too: kept as long as shipped events, then evicted (an event
+            // that can never ship must not pin its blob file forever).
+            if let Some(key) = shipped_key(rec).filter(|_| self.track_shipped) {
                 batch.put_cf(self.cf(CF_SHIPPED), key, []);
             }
             let mut qkey = CF_SPOOL.as_bytes().to_vec();
@@ -720,10 +717,7 @@ impl EventStore {
                     Some(seq) if seq <= t => {}
                     _ => break,
                 }
-                if rec.len() == 45 && rec[0] == SPOOL_EVENT {
-                    let mut key = [0u8; 40];
-                    key[..8].copy_from_slice(&rec[37..45]);
-                    key[8..].copy_from_slice(&rec[1..33]);
+                if let Some(key) = shipped_key(&rec) {
                     batch.put_cf(self.cf(CF_SHIPPED), key, []);
                 }
             }
@@ -879,14 +873,17 @@ impl EventStore {
             let Some(raw) = self.db.get_pinned_cf(self.cf(CF_EVENTS), id)? else {
                 continue;
             };
-            if raw.first() != Some(&1) || raw.len() < 111 {
-                continue; // already evicted, or corrupt (quarantined when read)
-            }
+            // Already evicted, or corrupt (quarantined when read): nothing to do.
+            let (Some(sig), Some(created_at)) =
+                (Event::encoded_sig(&raw), Event::encoded_created_at(&raw))
+            else {
+                continue;
+            };
             let mut kept = [0u8; 65];
             kept[0] = EVICTED_TAG;
-            kept[1..].copy_from_slice(&raw[1..65]);
+            kept[1..].copy_from_slice(sig);
             let mut tkey = [0u8; 40];
-            tkey[..8].copy_from_slice(&raw[97..105]);
+            tkey[..8].copy_from_slice(&created_at.to_be_bytes());
             tkey[8..].copy_from_slice(&id);
             batch.put_cf(self.cf(CF_EVENTS), id, kept);
             batch.delete_cf(self.cf(CF_BY_TIME), tkey);
@@ -947,6 +944,17 @@ impl EventStore {
         }
         Ok(())
     }
+}
+
+/// The `shipped` queue key (seen_at, id) for a spool record that carried an event (`E`).
+fn shipped_key(rec: &[u8]) -> Option<[u8; 40]> {
+    if rec.len() != 45 || rec[0] != SPOOL_EVENT {
+        return None;
+    }
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&rec[37..45]);
+    key[8..].copy_from_slice(&rec[1..33]);
+    Some(key)
 }
 
 fn split_time_key(k: &[u8]) -> Option<(u64, [u8; 32])> {

@@ -328,12 +328,7 @@ impl State {
 
     /// The id `url` is registered under, if it is.
     pub fn relay_id(&self, url: &RelayUrl) -> Result<Option<u32>, StateError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT id FROM relay WHERE url = ?1", [url.as_str()], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        relay_id_on(&self.conn(), url)
     }
 
     /// Relays whose events may be in the event store: a cursor, an unproven second or a
@@ -684,10 +679,16 @@ fn add_relay_on(
          ON CONFLICT(url) DO NOTHING",
         params![url.as_str(), url.network().as_str(), source, now()],
     )? == 1;
-    let id = conn.query_row("SELECT id FROM relay WHERE url = ?1", [url.as_str()], |r| {
-        r.get(0)
-    })?;
+    let id = relay_id_on(conn, url)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok((id, inserted))
+}
+
+fn relay_id_on(conn: &Connection, url: &RelayUrl) -> Result<Option<u32>, StateError> {
+    Ok(conn
+        .query_row("SELECT id FROM relay WHERE url = ?1", [url.as_str()], |r| {
+            r.get(0)
+        })
+        .optional()?)
 }
 
 fn set_state_on(
