@@ -80,6 +80,13 @@ fn node_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     cfg
 }
 
+/// `cmd --config CFG sync --relay URL --once`.
+fn sync_once(mut cmd: Command, cfg: &Path, url: &str) -> Command {
+    cmd.args(["--config", cfg.to_str().expect("utf8")])
+        .args(["sync", "--relay", url, "--once"]);
+    cmd
+}
+
 async fn local_relay(events: &[Event], clamp: Option<usize>) -> (support::TestRelay, String) {
     let relay = support::local_relay(
         events,
@@ -176,15 +183,7 @@ async fn bench_ingest() {
         let before = ceiling(&events);
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
-        let mut cmd = wrapped(&node_bin());
-        cmd.args([
-            "--config",
-            cfg.to_str().expect("utf8"),
-            "sync",
-            "--relay",
-            &url,
-            "--once",
-        ]);
+        let cmd = sync_once(wrapped(&node_bin()), &cfg, &url);
         let wall = Instant::now();
         let (ok, cpu, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
             .await
@@ -284,15 +283,7 @@ async fn bench_wire() {
         dir.path(),
         "[seeder]\nenabled = false\n[sync]\npage_limit = 1000\n",
     );
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "sync",
-        "--relay",
-        &relay.url(),
-        "--once",
-    ]);
+    let cmd = sync_once(Command::new(BIN), &cfg, &relay.url());
     let (ok, _, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
         .await
         .expect("join");
@@ -479,15 +470,7 @@ async fn bench_write_amp() {
     let base = (w1 - w0).saturating_sub(c1 - c0) as f64 / bytes as f64;
 
     let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "sync",
-        "--relay",
-        &url,
-        "--once",
-    ]);
+    let cmd = sync_once(Command::new(BIN), &cfg, &url);
     let (ok, written, cancelled) = tokio::task::spawn_blocking(move || run_io_measured(cmd))
         .await
         .expect("join");
