@@ -280,10 +280,67 @@ async fn narrowing_a_one_kind_second_does_not_ask_for_the_same_page_again() {
     let out = node.sync_once(&relay.url()).await;
     assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
     assert_same_ids(&node.exported_ids(), &ids(&events));
-    // The first page (100, all in that second), the page anchored at that second (the same
-    // 100: it is the one that shows the second saturated), then each author's 80: 680. Asking
-    // for kind 1 as well sent the same 100 once more (780).
-    assert_eq!(relay.events_sent(), 680, "events sent for 480 unique");
+    // The first page (100, all in that second), then each author's 80: 580. The first page
+    // ends inside that second and holds a whole answer of it, so an exact COUNT (480) shows it
+    // saturated at once; a page anchored at it re-sent the same 100 first (680), and asking for
+    // kind 1 as well sent them once more (780).
+    assert_eq!(relay.events_sent(), 580, "events sent for 480 unique");
+}
+
+/// A page that ends inside a second holding all of it: an exact COUNT of that second proves it,
+/// so the next page starts below it instead of re-sending it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_count_settles_a_page_boundary_second_without_re_sending_it() {
+    let k = keys(4);
+    // Clamp 100: 60 events at T0+20, 40 at T0+10 (the first page ends exactly there), 100 at T0+5.
+    let mut events = Vec::new();
+    for (second, n) in [(T0 + 20, 60), (T0 + 10, 40), (T0 + 5, 100)] {
+        events.extend(
+            (0..n).map(|i| sign_event(&k[i % 4], second, 1, vec![], &format!("{second} {i}"))),
+        );
+    }
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            clamp: 100,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
+    assert_same_ids(&node.exported_ids(), &ids(&events));
+    // 100 + 100, each event once. Anchoring the second page at T0+10 re-sent its 40, and the
+    // third page at T0+5 its 100 (300).
+    assert_eq!(relay.events_sent(), 200, "events sent for 200 unique");
+    assert_eq!(node.status()["relays"][0]["unproven_seconds"], 0);
+}
+
+/// A relay whose COUNT says less than it just sent (some answer 0 to every COUNT) proves
+/// nothing at a page boundary: the next page re-asks that second, and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_below_what_was_sent_is_not_taken_as_proof() {
+    let k = keys(4);
+    let mut events = Vec::new();
+    for (second, n) in [(T0 + 20, 60), (T0 + 10, 70), (T0 + 5, 30)] {
+        events.extend(
+            (0..n).map(|i| sign_event(&k[i % 4], second, 1, vec![], &format!("{second} {i}"))),
+        );
+    }
+    let relay = HostileRelay::start(
+        events.clone(),
+        Options {
+            clamp: 100,
+            count_zero: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
+    assert_same_ids(&node.exported_ids(), &ids(&events));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

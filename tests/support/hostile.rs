@@ -100,6 +100,8 @@ pub struct Options {
     /// Answer NIP-45 COUNT exactly; if false answer
     /// `["CLOSED",sub,"unsupported: COUNT"]`.
     pub count: bool,
+    /// Answer every COUNT with 0 (as some relays do), whatever matches.
+    pub count_zero: bool,
     /// If set, answer every REQ with `["CLOSED",sub,reason]` and nothing else
     /// (no NOTICE flood, no events, no EOSE).
     pub closed_reason: Option<String>,
@@ -126,6 +128,7 @@ impl Default for Options {
             outside_filter: Vec::new(),
             oversized_frame: None,
             count: true,
+            count_zero: false,
             hide_after_limit: None,
             nip11: None,
             closed_reason: None,
@@ -655,7 +658,11 @@ impl Conn {
         };
         let answer = if self.shared.opts.count {
             let store = self.shared.snapshot();
-            let n = matching_indices(&store, &filters).len();
+            let n = if self.shared.opts.count_zero {
+                0
+            } else {
+                matching_indices(&store, &filters).len()
+            };
             Value::from(vec![
                 Value::from("COUNT"),
                 Value::from(sub),

@@ -25,7 +25,7 @@
 //! COUNT. A second that cannot be proven is recorded in `unproven_second` and never reported
 //! complete; the frontier moves past it so the rest of history is still archived.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +141,10 @@ const MAX_OVERSIZED_PER_SESSION: u32 = 16;
 
 /// Unproven seconds re-tried at the start of one session.
 const MAX_UNPROVEN_RETRIES: usize = 16;
+
+/// A page boundary second holding at least 1/this of the relay's answer size is checked with an
+/// exact COUNT before the next page re-sends it (`page_boundary`).
+const BOUNDARY_PROBE_SHARE: u64 = 4;
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -381,13 +385,12 @@ impl Session<'_> {
             }
             let m = bulk.last().copied().unwrap_or(frontier);
             if m < frontier {
-                cur.pass_frontier = Some(m);
-                false
+                self.page_boundary(&mut cur, &res, m, floor).await?
             } else {
                 // The whole answer sits in one second. If the relay had room for more, that
                 // second is all there is; otherwise it may be saturated and must be proven.
                 if !had_room {
-                    self.resolve_second(frontier, std::mem::take(&mut res.matching))
+                    self.resolve_second(frontier, std::mem::take(&mut res.matching), None)
                         .await?;
                 }
                 if frontier <= floor {
@@ -447,7 +450,7 @@ impl Session<'_> {
             self.window = Some(window.saturating_mul(2));
             Some(since)
         } else if window == 1 {
-            self.resolve_second(frontier, std::mem::take(&mut res.matching))
+            self.resolve_second(frontier, std::mem::take(&mut res.matching), None)
                 .await?;
             Some(frontier)
         } else {
@@ -730,7 +733,7 @@ impl Session<'_> {
                 }
                 other => other?,
             };
-            self.resolve_second(second, res.matching).await?;
+            self.resolve_second(second, res.matching, None).await?;
         }
         Ok(())
     }
@@ -738,8 +741,14 @@ impl Session<'_> {
     /// Prove second `s` complete (or record why it cannot be), given what the relay sent for it.
     /// An event over the message size limit in it breaks the connection: the second is then
     /// recorded as unproven for that reason, on a new connection.
-    async fn resolve_second(&mut self, s: u64, known: Vec<Matched>) -> Result<(), SyncError> {
-        match self.prove_second(s, known).await {
+    /// `count`: an exact COUNT of the second already asked for, if any.
+    async fn resolve_second(
+        &mut self,
+        s: u64,
+        known: Vec<Matched>,
+        count: Option<u64>,
+    ) -> Result<(), SyncError> {
+        match self.prove_second(s, known, count).await {
             Err(e) if too_large(&e) => {
                 self.reconnect().await?;
                 self.record_oversized(s)
@@ -748,7 +757,83 @@ impl Session<'_> {
         }
     }
 
-    async fn prove_second(&mut self, s: u64, known: Vec<Matched>) -> Result<(), SyncError> {
+    /// A page of `[floor, ..]` ended inside second `m` (it may hold only part of it), so the
+    /// next page is anchored at `m` and re-sends what this one holds of it; when `m` turns out
+    /// saturated, that anchored page is `limit` events of `m` again before narrowing starts.
+    /// When this page already holds a good part of the relay's answer size in `m` (rare in
+    /// ordinary traffic: seconds hold a few events), an exact COUNT of `m` decides first: all
+    /// of `m` held, or at least one answer's worth (saturated: narrowed at once, the held part
+    /// passed on), settle `m` here and the pass moves below it. True when that completes the
+    /// pass. COUNT is trusted here exactly as in `prove_second`.
+    async fn page_boundary(
+        &mut self,
+        cur: &mut Cursor,
+        res: &PageResult,
+        m: u64,
+        floor: u64,
+    ) -> Result<bool, SyncError> {
+        let clamp = self.limit.min(self.seen_cap.max(1));
+        let at_m: Vec<Matched> = res
+            .matching
+            .iter()
+            .filter(|x| x.created_at == m)
+            .copied()
+            .collect();
+        let held = at_m.iter().map(|x| x.id).collect::<HashSet<_>>().len() as u64;
+        if held * BOUNDARY_PROBE_SHARE >= clamp {
+            if let Some(n) = self.exact_count(m).await? {
+                // A COUNT below what the relay just sent is wrong (some relays answer 0): the
+                // anchored page decides then, as without COUNT.
+                if n == held || n >= clamp.max(held + 1) {
+                    if n > held {
+                        self.resolve_second(m, at_m, Some(n)).await?;
+                    }
+                    if m <= floor {
+                        return Ok(true);
+                    }
+                    cur.pass_frontier = Some(m - 1);
+                    return Ok(false);
+                }
+            }
+        }
+        cur.pass_frontier = Some(m);
+        Ok(false)
+    }
+
+    /// An exact NIP-45 COUNT of second `s`, unless the relay refuses, stays silent or answers
+    /// approximately (the verdicts are recorded as for any COUNT).
+    async fn exact_count(&mut self, s: u64) -> Result<Option<u64>, SyncError> {
+        if self.caps.supports_count == Some(false) || self.count_silent {
+            return Ok(None);
+        }
+        let second = Filter {
+            since: Some(s),
+            until: Some(s),
+            ..Filter::default()
+        };
+        self.requests += 1;
+        match self.link.count(second).await? {
+            Answer::Answered((n, approximate)) => {
+                self.set_caps(|c| c.set_count(true))?;
+                Ok((!approximate).then_some(n))
+            }
+            Answer::Refused => {
+                self.set_caps(|c| c.set_count(false))?;
+                Ok(None)
+            }
+            Answer::Silent => {
+                self.count_silent = true;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn prove_second(
+        &mut self,
+        s: u64,
+        known: Vec<Matched>,
+        count: Option<u64>,
+    ) -> Result<(), SyncError> {
         let mut got: HashSet<[u8; 32]> = known.iter().map(|m| m.id).collect();
         let second = Filter {
             since: Some(s),
@@ -794,19 +879,10 @@ impl Session<'_> {
         }
 
         // 2. An exact COUNT, to know when narrowing has found everything.
-        let mut count = None;
-        if self.caps.supports_count != Some(false) && !self.count_silent {
-            match self.link.count(second.clone()).await? {
-                Answer::Answered((n, approximate)) => {
-                    self.set_caps(|c| c.set_count(true))?;
-                    if !approximate {
-                        count = Some(n);
-                    }
-                }
-                Answer::Refused => self.set_caps(|c| c.set_count(false))?,
-                Answer::Silent => self.count_silent = true,
-            }
-        }
+        let count = match count {
+            Some(n) => Some(n),
+            None => self.exact_count(s).await?,
+        };
 
         // 3. Narrow by kind, author, and author+kind, discovering new values from each answer.
         #[derive(Clone, PartialEq, Eq, Hash)]
@@ -828,7 +904,8 @@ impl Session<'_> {
         // what that subset's query would return: the relay ranks ties by id, so the first
         // `limit` (or the relay's silent clamp) of the second ARE the first of the subset. Asking again would only
         // send them twice (500 frames per saturated second of one kind).
-        if known.len() as u64 >= self.limit.min(self.seen_cap.max(1)) {
+        let clamp = self.limit.min(self.seen_cap.max(1));
+        if known.len() as u64 >= clamp {
             if let Some(first) = known.first() {
                 if known.iter().all(|m| m.kind == first.kind) {
                     queued.insert(Subset::Kind(first.kind));
@@ -838,12 +915,31 @@ impl Session<'_> {
                 }
             }
         }
+        // With the second's exact size known, a kind whose share of the known events says it
+        // fills a whole answer by itself is asked for last: its answer would be the lowest ids
+        // of the kind, mostly held already, while the authors' answers may finish the second.
+        let mut deferred: VecDeque<Subset> = VecDeque::new();
+        if let (Some(c), false) = (count, known.is_empty()) {
+            let mut per_kind: HashMap<u16, u64> = HashMap::new();
+            for m in &known {
+                *per_kind.entry(m.kind).or_default() += 1;
+            }
+            for m in &known {
+                let share = per_kind[&m.kind];
+                let sub = Subset::Kind(m.kind);
+                if c.saturating_mul(share) / known.len() as u64 >= clamp
+                    && queued.insert(sub.clone())
+                {
+                    deferred.push_back(sub);
+                }
+            }
+        }
         for m in &known {
             enqueue(&mut queue, &mut queued, m);
         }
         let mut saturated_leaf = false;
         let mut queries = 0;
-        while let Some(sub) = queue.pop_front() {
+        while let Some(sub) = queue.pop_front().or_else(|| deferred.pop_front()) {
             if count.is_some_and(|c| got.len() as u64 >= c) {
                 break;
             }
