@@ -39,6 +39,8 @@ use rocksdb::{
 
 use crate::protocol::Event;
 
+pub mod index;
+
 const CF_EVENTS: &str = "events";
 const CF_SEEN: &str = "seen";
 const CF_BY_TIME: &str = "by_time";
@@ -49,7 +51,7 @@ const CF_QUARANTINE: &str = "quarantine";
 /// Events shipped upstream, oldest first: seen_at (u64 BE) + id. Written when the spool entry
 /// that carried the event is acked; retention evicts from here (never an unshipped event).
 const CF_SHIPPED: &str = "shipped";
-const ALL_CFS: [&str; 8] = [
+const ALL_CFS: [&str; 9] = [
     CF_EVENTS,
     CF_SEEN,
     CF_BY_TIME,
@@ -58,6 +60,7 @@ const ALL_CFS: [&str; 8] = [
     CF_META,
     CF_QUARANTINE,
     CF_SHIPPED,
+    index::CF_INDEX,
 ];
 const META_EVENTS: &[u8] = b"events";
 const META_SEEN: &[u8] = b"seen";
@@ -87,6 +90,9 @@ pub enum StoreError {
     },
     #[error("event store: {0}")]
     Rocks(#[from] rocksdb::Error),
+    /// A blocking task reading the store ended without an answer (the runtime is shutting down).
+    #[error("event store: a reading task was stopped")]
+    Closed,
     /// The relay registry (`state.sqlite`) gives an id another URL than the one the event
     /// store's sightings were recorded under.
     #[error("relay id {id} is {registry} in state.sqlite but {events} in the event store: state.sqlite does not belong to this events/ directory; restore the state.sqlite of this data dir, or move events/ aside to start a new archive")]
@@ -183,6 +189,11 @@ impl EventStore {
     /// `bigbrotr run` holds the store. Sees everything written (WAL included) at open time.
     pub fn open_read_only(path: &Path, opts: &EventStoreOptions) -> Result<EventStore, StoreError> {
         Self::open_mode(path, opts, true)
+    }
+
+    /// The newest ingest-log sequence number (what a live feed starts after).
+    pub fn last_ingest_seq(&self) -> Result<Option<u64>, StoreError> {
+        self.edge_seq(CF_INGEST, IteratorMode::End)
     }
 
     fn open_mode(
@@ -316,7 +327,39 @@ impl EventStore {
             .store(store.meta(META_EVICTED)?, Ordering::Relaxed);
         let bound = store.read_bound_relays()?;
         *store.relays.lock().unwrap_or_else(|p| p.into_inner()) = bound;
+        if !read_only && !store.indexes_ready()? {
+            let empty = store
+                .db
+                .iterator_cf(store.cf(CF_EVENTS), IteratorMode::Start)
+                .next()
+                .is_none();
+            if empty {
+                store.mark_indexes_ready()?;
+            } else {
+                store.build_query_indexes()?;
+            }
+        }
         Ok(store)
+    }
+
+    /// A store written before the query indexes: build them now, with progress in the log.
+    fn build_query_indexes(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        tracing::info!("building the query indexes of events stored before them (once; resumes if interrupted)");
+        let n = self.build_indexes(|done, total| {
+            tracing::info!(
+                done,
+                total,
+                "query indexes: {done} of about {total} events ({}%)",
+                (done * 100).checked_div(total).unwrap_or(100).min(100)
+            );
+        })?;
+        tracing::info!(
+            events = n,
+            secs = started.elapsed().as_secs(),
+            "query indexes built"
+        );
+        Ok(())
     }
 
     fn read_bound_relays(&self) -> Result<std::collections::HashMap<u32, Box<str>>, StoreError> {
@@ -465,6 +508,7 @@ impl EventStore {
                 tkey[..8].copy_from_slice(&ev.created_at.to_be_bytes());
                 tkey[8..].copy_from_slice(&ev.id);
                 batch.put_cf(cf_time, tkey, []);
+                self.put_index(&mut batch, ev);
                 batch.put_cf(self.cf(CF_INGEST), ingest.to_be_bytes(), ev.id);
                 ingest += 1;
                 stats.new_events += 1;
@@ -887,6 +931,9 @@ impl EventStore {
             tkey[8..].copy_from_slice(&id);
             batch.put_cf(self.cf(CF_EVENTS), id, kept);
             batch.delete_cf(self.cf(CF_BY_TIME), tkey);
+            if let Some(ev) = Event::decode(id, &raw) {
+                self.delete_index(&mut batch, &ev);
+            }
             freed += raw.len() as u64;
             n += 1;
         }
