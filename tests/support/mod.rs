@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bench;
+pub mod conformance;
 pub mod hostile;
 pub mod mmdb;
 pub mod ns;

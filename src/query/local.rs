@@ -1,0 +1,309 @@
+//! [`EventSource`] over the node's RocksDB store: each filter is planned onto index scans
+//! (`store::events::index`), the scans of one filter are merged newest first, every candidate
+//! is matched against the whole filter, and the filters' answers are merged into one stream.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{BoxFuture, EventSource, Matcher, Position, Query, QueryError};
+use crate::protocol::event::decode_hex;
+use crate::protocol::{Event, Filter};
+use crate::store::events::index::{IndexScan, Prefix};
+use crate::store::EventStore;
+
+/// Author x kind pairs up to which a filter with both scans the (author, kind) index; above,
+/// the author index with kinds matched afterwards.
+const MAX_PAIR_SCANS: usize = 256;
+/// The clock is read once per this many candidates.
+const CLOCK_EVERY: u32 = 64;
+
+type Key = (Reverse<u64>, [u8; 32]);
+
+fn key(created_at: u64, id: [u8; 32]) -> Key {
+    (Reverse(created_at), id)
+}
+
+/// Where one filter's candidates come from.
+enum Head<'a> {
+    Scan(Box<IndexScan<'a>>),
+    /// Ids looked up directly (an `ids` filter), in answer order, reversed for pop().
+    List(Vec<(u64, [u8; 32])>),
+}
+
+impl Head<'_> {
+    fn next(&mut self) -> Result<Option<(u64, [u8; 32])>, QueryError> {
+        match self {
+            Head::Scan(s) => Ok(s.next_entry()?),
+            Head::List(v) => Ok(v.pop()),
+        }
+    }
+}
+
+/// One filter's answer, newest first, each event at most once, at most `limit`.
+struct FilterRun<'a> {
+    store: &'a EventStore,
+    matcher: Matcher,
+    heads: Vec<Head<'a>>,
+    heap: BinaryHeap<Reverse<(Key, usize)>>,
+    remaining: u64,
+    last: Option<Key>,
+    all_versions: bool,
+}
+
+impl<'a> FilterRun<'a> {
+    fn new(
+        store: &'a EventStore,
+        f: &Filter,
+        after: Option<Position>,
+        all_versions: bool,
+    ) -> Result<Self, QueryError> {
+        let since = f.since.unwrap_or(0);
+        let until = f.until.unwrap_or(u64::MAX);
+        let after_pair = after.map(|p| (p.created_at, p.id));
+        let scan = |prefix: Option<Vec<u8>>| {
+            Head::Scan(Box::new(store.index_scan(prefix, since, until, after_pair)))
+        };
+        let hexes = |v: &[String]| -> Vec<[u8; 32]> {
+            let mut out: Vec<[u8; 32]> = v.iter().filter_map(|s| decode_hex::<32>(s)).collect();
+            out.sort_unstable();
+            out.dedup();
+            out
+        };
+        let mut kinds = f.kinds.clone();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let heads: Vec<Head> = if !f.ids.is_empty() {
+            let mut found = Vec::new();
+            for id in hexes(&f.ids) {
+                if let Some(t) = store.stored_created_at(&id)? {
+                    let pos = Position { created_at: t, id };
+                    let in_range = t >= since && t <= until;
+                    if in_range && after.is_none_or(|a| pos.order_key() > a.order_key()) {
+                        found.push((t, id));
+                    }
+                }
+            }
+            // pop() from the end yields the first in answer order.
+            found.sort_unstable_by_key(|(t, id)| Reverse(key(*t, *id)));
+            vec![Head::List(found)]
+        } else if !f.authors.is_empty() {
+            let authors = hexes(&f.authors);
+            if !kinds.is_empty() && authors.len() * kinds.len() <= MAX_PAIR_SCANS {
+                authors
+                    .iter()
+                    .flat_map(|a| kinds.iter().map(move |k| (a, *k)))
+                    .map(|(a, k)| scan(Some(Prefix::author_kind(a, k))))
+                    .collect()
+            } else {
+                authors
+                    .iter()
+                    .map(|a| scan(Some(Prefix::author(a))))
+                    .collect()
+            }
+        } else if let Some((letter, values)) = f
+            .tags
+            .iter()
+            .filter(|(l, _)| l.is_ascii_alphabetic())
+            .min_by_key(|(_, v)| v.len())
+        {
+            let mut values = values.clone();
+            values.sort_unstable();
+            values.dedup();
+            values
+                .iter()
+                .map(|v| scan(Some(Prefix::tag(*letter as u8, v))))
+                .collect()
+        } else if !kinds.is_empty() {
+            kinds.iter().map(|k| scan(Some(Prefix::kind(*k)))).collect()
+        } else {
+            vec![scan(None)]
+        };
+        let mut run = FilterRun {
+            store,
+            matcher: Matcher::new(f),
+            heads,
+            heap: BinaryHeap::new(),
+            remaining: f.limit.unwrap_or(u64::MAX),
+            last: None,
+            all_versions,
+        };
+        if run.remaining > 0 {
+            for i in 0..run.heads.len() {
+                run.refill(i)?;
+            }
+        }
+        Ok(run)
+    }
+
+    fn refill(&mut self, i: usize) -> Result<(), QueryError> {
+        if let Some((t, id)) = self.heads[i].next()? {
+            self.heap.push(Reverse((key(t, id), i)));
+        }
+        Ok(())
+    }
+
+    /// The next event of this filter's answer.
+    fn next(
+        &mut self,
+        deadline: Option<Instant>,
+        tick: &mut u32,
+    ) -> Result<Option<Event>, QueryError> {
+        while self.remaining > 0 {
+            let Some(Reverse((k, i))) = self.heap.pop() else {
+                return Ok(None);
+            };
+            self.refill(i)?;
+            if self.last == Some(k) {
+                continue;
+            }
+            self.last = Some(k);
+            *tick += 1;
+            if tick.is_multiple_of(CLOCK_EVERY) && deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(QueryError::TimedOut);
+            }
+            // Evicted (shipped upstream) or corrupt bodies are not served.
+            let Some(ev) = self.store.get(&k.1)? else {
+                continue;
+            };
+            if !self.matcher.matches(&ev) {
+                continue;
+            }
+            if !self.all_versions && !self.store.is_latest(&ev)? {
+                continue;
+            }
+            self.remaining -= 1;
+            return Ok(Some(ev));
+        }
+        Ok(None)
+    }
+}
+
+/// A whole query's answer over the local store, as a blocking iterator.
+pub struct LocalAnswer<'a> {
+    runs: Vec<(FilterRun<'a>, Option<Event>)>,
+    deadline: Option<Instant>,
+    tick: u32,
+    primed: bool,
+}
+
+impl<'a> LocalAnswer<'a> {
+    pub fn new(store: &'a EventStore, q: &Query) -> Result<Self, QueryError> {
+        if !store.indexes_ready()? {
+            return Err(QueryError::NotReady);
+        }
+        let runs = q
+            .filters
+            .iter()
+            .map(|f| Ok((FilterRun::new(store, f, q.after, q.all_versions)?, None)))
+            .collect::<Result<Vec<_>, QueryError>>()?;
+        Ok(LocalAnswer {
+            runs,
+            deadline: q.deadline,
+            tick: 0,
+            primed: false,
+        })
+    }
+
+    fn next_event(&mut self) -> Result<Option<Event>, QueryError> {
+        if !self.primed {
+            self.primed = true;
+            for (run, pending) in &mut self.runs {
+                *pending = run.next(self.deadline, &mut self.tick)?;
+            }
+        }
+        // Filters per query are few: a linear pick of the first in answer order.
+        let best = self
+            .runs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, p))| p.as_ref().map(|e| (Position::of(e).order_key(), i)))
+            .min();
+        let Some((k, _)) = best else {
+            return Ok(None);
+        };
+        let mut out = None;
+        for (run, pending) in &mut self.runs {
+            if pending
+                .as_ref()
+                .is_some_and(|e| Position::of(e).order_key() == k)
+            {
+                let ev = pending.take();
+                *pending = run.next(self.deadline, &mut self.tick)?;
+                out = out.or(ev);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Iterator for LocalAnswer<'_> {
+    type Item = Result<Event, QueryError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_event().transpose()
+    }
+}
+
+/// The node's store as an [`EventSource`]. Queries run on blocking threads.
+#[derive(Clone)]
+pub struct LocalSource {
+    pub store: Arc<EventStore>,
+}
+
+impl LocalSource {
+    pub fn new(store: Arc<EventStore>) -> Self {
+        LocalSource { store }
+    }
+
+    /// Count on the calling thread (blocking).
+    pub fn count_blocking(store: &EventStore, mut q: Query) -> Result<u64, QueryError> {
+        for f in &mut q.filters {
+            f.limit = None;
+        }
+        let mut n = 0;
+        for ev in LocalAnswer::new(store, &q)? {
+            ev?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl EventSource for LocalSource {
+    fn query(
+        &self,
+        q: Query,
+        buffer: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Event, QueryError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let answer = match LocalAnswer::new(&store, &q) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for item in answer {
+                let stop = item.is_err();
+                // The reader went away: stop reading the store.
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    fn count(&self, q: Query) -> BoxFuture<'_, Result<u64, QueryError>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || Self::count_blocking(&store, q))
+                .await
+                .map_err(|_| QueryError::Cancelled)?
+        })
+    }
+}
