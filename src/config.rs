@@ -50,6 +50,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub archive: ArchiveConfig,
     pub tor: TorConfig,
+    pub serve: ServeConfig,
     /// Where the file was loaded from (`None`: the embedded default). Not a config key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -443,6 +444,126 @@ impl Default for SpoolConfig {
     }
 }
 
+/// `[serve]`: the read side (`bigbrotr serve`, or a service of `bigbrotr run` when enabled): a
+/// read-only Nostr relay on one listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Serve inside `bigbrotr run` too (default: false; `bigbrotr serve` always serves).
+    pub enabled: bool,
+    /// Address and port to listen on (default: 127.0.0.1:7777).
+    pub listen: String,
+    /// Allow `listen` on an address other than loopback (default: false).
+    pub allow_public: bool,
+    /// Open connections at once; more wait in the kernel's backlog (default: 512).
+    pub max_connections: usize,
+    /// Open subscriptions per websocket connection (default: 20).
+    pub max_subscriptions: usize,
+    /// Filters per REQ or COUNT (default: 10).
+    pub max_filters: usize,
+    /// Largest `limit` honoured per filter; larger ones are lowered to it (default: 5000).
+    pub max_limit: u64,
+    /// `limit` of a filter that has none (default: 500).
+    pub default_limit: u64,
+    /// Values per filter field (ids, authors, kinds, each tag) (default: 1000).
+    pub max_filter_values: usize,
+    /// Time one query may take before it is stopped with an error, ms (default: 3000).
+    pub query_timeout_ms: u64,
+    /// Events one NIP-77 reconciliation may cover; a filter matching more is refused with
+    /// NEG-ERR (default: 100,000; 40 bytes each while it is open).
+    pub max_negentropy_items: usize,
+    /// Bytes queued for one connection that its client has not read yet; past this a live
+    /// event disconnects it, and a stored answer waits up to `write_timeout_secs` (default:
+    /// 1024 KiB).
+    pub outbound_buffer_kb: usize,
+    /// How long a client may leave a full buffer unread before it is disconnected (default: 30).
+    pub write_timeout_secs: u64,
+    /// Largest message a client may send, KiB (default: 64).
+    pub max_message_kb: usize,
+    /// Time a client has to send its request headers (default: 10 s).
+    pub header_timeout_secs: u64,
+    /// Relay name in the NIP-11 document (default: "BigBrotr archive").
+    pub name: String,
+    /// Description in the NIP-11 document.
+    pub description: String,
+    /// Operator contact in the NIP-11 document (default: none).
+    pub contact: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:7777".into(),
+            allow_public: false,
+            max_connections: 512,
+            max_subscriptions: 20,
+            max_filters: 10,
+            max_limit: 5000,
+            default_limit: 500,
+            max_filter_values: 1000,
+            query_timeout_ms: 3000,
+            max_negentropy_items: 100_000,
+            outbound_buffer_kb: 1024,
+            write_timeout_secs: 30,
+            max_message_kb: 64,
+            header_timeout_secs: 10,
+            name: "BigBrotr archive".into(),
+            description: "A read-only archive of Nostr events, kept by a BigBrotr node.".into(),
+            contact: None,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The listen address, refused unless it is loopback or `allow_public` is set.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, String> {
+        let addr: std::net::SocketAddr = self.listen.trim().parse().map_err(|_| {
+            format!(
+                "{:?} is not an IP:port such as \"127.0.0.1:7777\"",
+                self.listen
+            )
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_public {
+            return Err(format!(
+                "{addr} is not a loopback address: serving beyond this machine must be explicit; set serve.allow_public = true (and see docs/SERVE.md on access), or listen on 127.0.0.1"
+            ));
+        }
+        Ok(addr)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.listen_addr().map_err(|e| ("serve.listen", e))?;
+        for (key, v) in [
+            ("serve.max_connections", self.max_connections as u64),
+            ("serve.max_subscriptions", self.max_subscriptions as u64),
+            ("serve.max_filters", self.max_filters as u64),
+            ("serve.max_limit", self.max_limit),
+            ("serve.max_filter_values", self.max_filter_values as u64),
+            ("serve.query_timeout_ms", self.query_timeout_ms),
+            (
+                "serve.max_negentropy_items",
+                self.max_negentropy_items as u64,
+            ),
+            ("serve.outbound_buffer_kb", self.outbound_buffer_kb as u64),
+            ("serve.write_timeout_secs", self.write_timeout_secs),
+            ("serve.max_message_kb", self.max_message_kb as u64),
+            ("serve.header_timeout_secs", self.header_timeout_secs),
+        ] {
+            if v == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if self.default_limit > self.max_limit {
+            return Err((
+                "serve.default_limit",
+                "must not exceed serve.max_limit".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[upstream]`: the central archive this node ships to (through PgBouncer). Shipping is on when
 /// `database_url` is set; the password comes only from `BIGBROTR_DB_PASSWORD` or `password_file`.
 #[derive(Debug, Clone, Deserialize)]
@@ -758,6 +879,9 @@ impl Config {
                 ));
             }
         }
+        self.serve
+            .validate()
+            .map_err(|(key, problem)| bad(key, &problem))?;
         Ok(())
     }
 

@@ -97,6 +97,13 @@ enum Command {
         #[command(subcommand)]
         command: archive::ArchiveCommand,
     },
+    /// Serve the archive: a read-only Nostr relay (and /health) on [serve] listen, beside a
+    /// running node or alone, until SIGINT/SIGTERM
+    Serve {
+        /// Address and port to listen on, instead of serve.listen (e.g. 127.0.0.1:7777)
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Relays known/online, events stored, spool depth and ship lag, per-relay sync progress
     Status {
         #[arg(long)]
@@ -243,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => cmd_status(&cfg, json),
+        Command::Serve { listen } => cmd_serve(cfg, listen),
         Command::Monitor { relay, once, json } => {
             monitor::cmd_monitor(cfg, relay.as_deref(), once, json)
         }
@@ -253,6 +261,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => archive::cmd_ship(cfg, once, requeue_rejected, backfill),
         Command::Archive { command } => archive::cmd_archive(&cfg, command),
     }
+}
+
+/// `bigbrotr serve`: serve the node's store from this process (it takes the store: with a node
+/// running, serving happens inside it, `[serve] enabled = true`).
+fn cmd_serve(mut cfg: Config, listen: Option<String>) -> Result<ExitCode> {
+    if let Some(l) = listen {
+        cfg.serve.listen = l;
+        cfg.serve
+            .listen_addr()
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        // Bind first: a taken port is an error before the store is opened (and its query
+        // indexes possibly built).
+        let listener = std::sync::Arc::new(crate::serve::bind(&cfg.serve).await?);
+        let stores = Stores::open(&cfg)?;
+        let shutdown = Shutdown::new();
+        watch_signals(shutdown.clone());
+        tracing::info!(listen = %cfg.serve.listen, "serving: read-only Nostr relay at ws://{}/", cfg.serve.listen);
+        crate::serve::serve_store(stores.events.clone(), cfg.serve.clone(), listener, shutdown)
+            .await?;
+        stores.events.flush()?;
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn cmd_init(cfg: &Config) -> Result<ExitCode> {
@@ -417,6 +451,14 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
                     crate::services::shipper::run(&ship, false).await?;
                     Ok(())
                 }
+            });
+        }
+        if cfg.serve.enabled {
+            let listener = std::sync::Arc::new(crate::serve::bind(&cfg.serve).await?);
+            let (store, scfg, sd) = (stores.events.clone(), cfg.serve.clone(), shutdown.clone());
+            tracing::info!(listen = %cfg.serve.listen, "serving: read-only Nostr relay at ws://{}/", cfg.serve.listen);
+            sup.spawn("serve", move || {
+                crate::serve::serve_store(store.clone(), scfg.clone(), listener.clone(), sd.clone())
             });
         }
         // Every service is running: tell systemd (Type=notify) and feed its watchdog.

@@ -30,6 +30,9 @@ pub enum OpenError {
         free_mb: u64,
         min_mb: u64,
     },
+    /// Another process holds the event store (RocksDB allows one writer).
+    #[error("another bigbrotr process (run, sync, ship or serve) is using the data dir {path}; stop it first, or use the commands that read beside it (status, events export, relays list). To serve while syncing, set [serve] enabled = true in the config of `bigbrotr run`")]
+    Busy { path: String },
     #[error(transparent)]
     Events(#[from] StoreError),
     #[error(transparent)]
@@ -87,7 +90,7 @@ impl Stores {
         Ok(Arc::new(state))
     }
 
-    fn event_opts(cfg: &Config) -> EventStoreOptions {
+    pub fn event_opts(cfg: &Config) -> EventStoreOptions {
         EventStoreOptions {
             block_cache_bytes: cfg.storage.block_cache_mb << 20,
             write_buffer_bytes: cfg.storage.write_buffer_mb << 20,
@@ -129,6 +132,11 @@ impl Stores {
                 Err(e) if tries < 50 && e.to_string().contains("lock file") => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) if e.to_string().contains("lock file") => {
+                    return Err(OpenError::Busy {
+                        path: dir.display().to_string(),
+                    })
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -1,0 +1,329 @@
+//! The read side (`bigbrotr serve`, or a service of `bigbrotr run` with `[serve] enabled`):
+//! one listener (default 127.0.0.1:7777) serving
+//! - `/` websocket upgrades: a read-only Nostr relay ([`relay`]);
+//! - `/` with `Accept: application/nostr+json`: its NIP-11 document;
+//! - `/health`: liveness, as JSON;
+//! - `/` in a browser: a page saying what this is.
+//!
+//! Every connection counts against `serve.max_connections`; request headers must arrive within
+//! `serve.header_timeout_secs`.
+
+pub mod live;
+pub mod relay;
+
+/// How often the live feed looks for newly archived events.
+pub const LIVE_POLL: Duration = Duration::from_millis(250);
+
+/// Start the read side over `store` on `listener`: the live feed and the acceptor, both
+/// until shutdown. Returns when both ended.
+pub async fn serve_store(
+    store: Arc<crate::store::EventStore>,
+    cfg: ServeConfig,
+    listener: Arc<TcpListener>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (tx, _) = broadcast::channel(live::FEED_CAPACITY);
+    let source: Arc<dyn EventSource> =
+        Arc::new(crate::query::local::LocalSource::new(store.clone()));
+    let ctx = Arc::new(ServeCtx::new(source, cfg, tx.clone(), shutdown.clone()));
+    let mut feed = tokio::spawn(live::run(store, tx, LIVE_POLL, shutdown.clone()));
+    // Whichever ends first ends both: a feed that failed would leave subscriptions silent.
+    tokio::select! {
+        served = run(ctx, listener) => {
+            feed.abort();
+            served
+        }
+        fed = &mut feed => {
+            match fed {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("live feed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("live feed: {e}")),
+            }
+        }
+    }
+}
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::ServeConfig;
+use crate::query::EventSource;
+use crate::shutdown::Shutdown;
+
+/// Counters of the read side (for `/metrics` and logs).
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub connections: AtomicU64,
+    pub messages: AtomicU64,
+    pub reqs: AtomicU64,
+    pub counts: AtomicU64,
+    pub negs: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub http_requests: AtomicU64,
+}
+
+/// What every connection shares.
+pub struct ServeCtx {
+    pub source: Arc<dyn EventSource>,
+    pub cfg: ServeConfig,
+    pub live: broadcast::Sender<Arc<live::LiveEvent>>,
+    pub shutdown: Shutdown,
+    pub stats: Arc<ServeStats>,
+    nip11: String,
+}
+
+impl ServeCtx {
+    pub fn new(
+        source: Arc<dyn EventSource>,
+        cfg: ServeConfig,
+        live: broadcast::Sender<Arc<live::LiveEvent>>,
+        shutdown: Shutdown,
+    ) -> ServeCtx {
+        let nip11 = nip11_document(&cfg);
+        ServeCtx {
+            source,
+            cfg,
+            live,
+            shutdown,
+            stats: Arc::new(ServeStats::default()),
+            nip11,
+        }
+    }
+}
+
+/// The NIP-11 document: exactly what this relay supports, and its limits.
+fn nip11_document(cfg: &ServeConfig) -> String {
+    let mut doc = serde_json::json!({
+        "name": cfg.name,
+        "description": cfg.description,
+        "supported_nips": [1, 11, 45, 77],
+        "software": "https://github.com/bigbrotr/bigbrotr",
+        "version": env!("CARGO_PKG_VERSION"),
+        "limitation": {
+            "max_message_length": cfg.max_message_kb << 10,
+            "max_subscriptions": cfg.max_subscriptions,
+            "max_filters": cfg.max_filters,
+            "max_limit": cfg.max_limit,
+            "default_limit": cfg.default_limit,
+            "max_subid_length": 64,
+            "auth_required": false,
+            "payment_required": false,
+            "restricted_writes": true,
+        },
+    });
+    if let Some(c) = &cfg.contact {
+        doc["contact"] = c.clone().into();
+    }
+    doc.to_string()
+}
+
+/// Bind the listener (a clear error when the port is taken).
+pub async fn bind(cfg: &ServeConfig) -> anyhow::Result<TcpListener> {
+    let addr = cfg
+        .listen_addr()
+        .map_err(|e| anyhow::anyhow!("serve.listen: {e}"))?;
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr}: {e}; is another bigbrotr serve (or another program) using it? set serve.listen or pass --listen")
+    })
+}
+
+/// Accept connections until shutdown.
+pub async fn run(ctx: Arc<ServeCtx>, listener: Arc<TcpListener>) -> anyhow::Result<()> {
+    let limit = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    let shutdown = ctx.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p?,
+            _ = shutdown.wait() => return Ok(()),
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never exit.
+                    tracing::warn!(error = %e, "serve: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        tokio::spawn(connection(ctx, stream, peer, Arc::new(permit)));
+    }
+}
+
+/// One TCP connection. `permit` (a slot of `serve.max_connections`) is held until the
+/// connection ends, including a websocket session it was upgraded to.
+async fn connection(
+    ctx: Arc<ServeCtx>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let io = TokioIo::new(stream);
+    let c = ctx.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (c, p) = (c.clone(), permit.clone());
+        async move { Ok::<_, std::convert::Infallible>(route(c, req, peer, p)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(ctx.cfg.header_timeout_secs))
+        .max_buf_size(64 << 10)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let shutdown = ctx.shutdown.clone();
+    tokio::select! {
+        _ = conn => {}
+        _ = shutdown.wait() => {}
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("text/plain")),
+    );
+    r
+}
+
+/// RFC 9457 problem details.
+fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    response(status, "application/problem+json", body.to_string())
+}
+
+fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn cors(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+    r
+}
+
+fn route(
+    ctx: Arc<ServeCtx>,
+    mut req: Request<Incoming>,
+    _peer: SocketAddr,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Response<Body> {
+    ctx.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/") if header_has(&req, UPGRADE, "websocket") => upgrade(ctx, &mut req, permit),
+        (Method::GET, "/") if header_has(&req, ACCEPT, "application/nostr+json") => {
+            cors(response(StatusCode::OK, "application/nostr+json", ctx.nip11.clone()))
+        }
+        (Method::OPTIONS, _) => cors(response(StatusCode::NO_CONTENT, "text/plain", "")),
+        (Method::GET, "/health") => response(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"status": "ok", "connections": ctx.stats.connections.load(Ordering::Relaxed)}).to_string(),
+        ),
+        (Method::GET, "/") => response(StatusCode::OK, "text/html; charset=utf-8", landing(&ctx)),
+        (Method::GET, _) => problem(StatusCode::NOT_FOUND, &format!("no route {path}; see / for what this server offers")),
+        (m, _) => problem(StatusCode::METHOD_NOT_ALLOWED, &format!("{m} is not served here: this is a read-only archive")),
+    }
+}
+
+fn landing(ctx: &ServeCtx) -> String {
+    let name = html_escape(&ctx.cfg.name);
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{name}</title></head><body><h1>{name}</h1><p>A read-only Nostr relay over this node's archive: point a Nostr client at this address (ws://).</p><p><a href=\"/health\">/health</a></p></body></html>"
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Answer a websocket upgrade (RFC 6455) and run the relay session on the upgraded stream.
+fn upgrade(
+    ctx: Arc<ServeCtx>,
+    req: &mut Request<Incoming>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Response<Body> {
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade without Sec-WebSocket-Key",
+        );
+    };
+    if !header_has(req, CONNECTION, "upgrade") {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "websocket upgrade without Connection: Upgrade",
+        );
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let on_upgrade = hyper::upgrade::on(req);
+    let max_message = ctx.cfg.max_message_kb << 10;
+    tokio::spawn(async move {
+        let _permit = permit;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        relay::session(ws, ctx).await;
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
