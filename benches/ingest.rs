@@ -179,7 +179,29 @@ async fn bench_ingest() {
     // mercy of whatever else the shared machine is doing in those seconds.
     let mut ratios = Vec::new();
     let mut old_ratios = Vec::new();
+    // BENCH_BASE_BIN: another build run in every round too (order alternating), e.g. the
+    // commit before a change, for a same-run A/B.
+    let base = std::env::var("BENCH_BASE_BIN").ok();
+    let mut base_ratios = Vec::new();
     for round in 0..rounds {
+        if let Some(base) = &base {
+            let before = ceiling(&events);
+            let dir = tempfile::tempdir().expect("tmp");
+            let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
+            let cmd = sync_once(wrapped(base), &cfg, &url);
+            let (ok, cpu, _) = tokio::task::spawn_blocking(move || run_measured(cmd))
+                .await
+                .expect("join");
+            assert!(ok, "base sync failed");
+            let after = ceiling(&events);
+            let ceil = (before.1 + after.1) / 2.0;
+            let rate = n as f64 / cpu.as_secs_f64();
+            println!(
+                "  base build round {round}: node {rate:.0} events/CPU-s, ceiling {ceil:.0}, ratio {:.2}",
+                rate / ceil
+            );
+            base_ratios.push(rate / ceil);
+        }
         let before = ceiling(&events);
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = node_config(dir.path(), "[seeder]\nenabled = false\n");
@@ -204,15 +226,54 @@ async fn bench_ingest() {
         );
         ratios.push(rate / ceil);
         old_ratios.push(rate / parse_ceil);
+        if round == 0 {
+            print_disk_per_event(&dir.path().join("data").join("events"), n);
+        }
     }
     ratios.sort_by(f64::total_cmp);
     old_ratios.sort_by(f64::total_cmp);
+    if !base_ratios.is_empty() {
+        base_ratios.sort_by(f64::total_cmp);
+        println!(
+            "  base build: median {:.2}x of the ceiling (range {:.2}-{:.2}); this build / base = {:.2}",
+            base_ratios[base_ratios.len() / 2],
+            base_ratios[0],
+            base_ratios[base_ratios.len() - 1],
+            ratios[ratios.len() / 2] / base_ratios[base_ratios.len() / 2]
+        );
+    }
     println!(
         "  ratio: median {:.2}x of the verify-only ceiling over {rounds} rounds (range {:.2}-{:.2}; goal >= 0.70); {:.2}x of parse+verify",
         ratios[ratios.len() / 2],
         ratios[0],
         ratios[ratios.len() - 1],
         old_ratios[old_ratios.len() / 2]
+    );
+}
+
+/// Bytes on disk per event, per column family, of a store a node just wrote and flushed.
+fn print_disk_per_event(events_dir: &Path, n: usize) {
+    let store = match bigbrotr::store::EventStore::open_read_only(
+        events_dir,
+        &bigbrotr::store::EventStoreOptions::default(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("  (store sizes not read: {e})");
+            return;
+        }
+    };
+    let sizes = store.disk_bytes_per_cf();
+    let total: u64 = sizes.iter().map(|(_, b)| b).sum();
+    let parts: Vec<String> = sizes
+        .iter()
+        .filter(|(_, b)| *b > 0)
+        .map(|(name, b)| format!("{name} {:.0}", *b as f64 / n as f64))
+        .collect();
+    println!(
+        "  on disk per event: {:.0} bytes ({})",
+        total as f64 / n as f64,
+        parts.join(", ")
     );
 }
 

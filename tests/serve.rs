@@ -50,6 +50,9 @@ impl Served {
                 &EventStoreOptions::default(),
             )
             .expect("open store");
+            store
+                .bind_relay(1, "wss://relay.example.org")
+                .expect("bind");
             for page in events.chunks(200) {
                 store
                     .write_page(1, 1, page, &vec![false; page.len()], None)
@@ -492,4 +495,123 @@ async fn a_negentropy_reconciliation_finds_exactly_the_missing_events() {
             .contains("max_negentropy_items"),
         "{v}"
     );
+}
+
+/// GET over HTTP/1.1 with the query string percent-encoded.
+fn rest_get(served: &Served, path: &str, params: &[(&str, String)]) -> (u16, Value) {
+    let q: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let target = if q.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{q}")
+    };
+    let (status, body) = served.http_get(&target, "").expect("http");
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+/// The REST API answers the same random filters as NIP-01 says (several filters: one request
+/// each, their answers united as NIP-01 unites them), pages with its `next` cursor, names bad
+/// parameters, and shows where an event was seen; /metrics reports the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_answers_by_filter_and_pages_with_cursors() {
+    let events = corpus(1200, 4, 8);
+    let served = Served::start(&events, "");
+    check(&events, 13, 150, true, &mut |q: &Query| {
+        let mut all: Vec<Event> = Vec::new();
+        for f in &q.filters {
+            let mut params = vec![("filter", f.to_json())];
+            if let Some(a) = q.after {
+                params.push(("after", a.encode()));
+            }
+            let (status, body) = rest_get(&served, "/v1/events", &params);
+            assert_eq!(status, 200, "{body}");
+            all.extend(
+                body["events"]
+                    .as_array()
+                    .expect("events")
+                    .iter()
+                    .map(parse_event),
+            );
+        }
+        all.sort_by_key(|e| bigbrotr::query::Position::of(e).order_key());
+        all.dedup_by_key(|e| e.id);
+        all
+    });
+    // Parameters instead of a JSON filter, and the next cursor to the end.
+    let kind1: Vec<[u8; 32]> = {
+        let q = Query {
+            filters: vec![bigbrotr::protocol::Filter {
+                kinds: vec![1],
+                ..Default::default()
+            }],
+            ..Query::default()
+        };
+        conformance::expected(&events, &q)
+    };
+    let mut got = Vec::new();
+    let mut params = vec![("kinds", "1".to_string()), ("limit", "25".to_string())];
+    loop {
+        let (status, body) = rest_get(&served, "/v1/events", &params);
+        assert_eq!(status, 200, "{body}");
+        got.extend(body["events"].as_array().expect("events").iter().map(id_of));
+        match body["next"].as_str() {
+            Some(next) => {
+                params.retain(|(k, _)| *k != "after");
+                params.push(("after", next.to_string()));
+            }
+            None => break,
+        }
+    }
+    assert!(
+        got == kind1,
+        "paging by 25 gave {} events, NIP-01 says {}",
+        got.len(),
+        kind1.len()
+    );
+    let (status, body) = rest_get(&served, "/v1/count", &[("kinds", "1".into())]);
+    assert_eq!(
+        (status, body["count"].as_u64()),
+        (200, Some(kind1.len() as u64))
+    );
+    // One event, with where it was seen.
+    let id = hex::encode(events[0].id);
+    let (status, body) = rest_get(&served, &format!("/v1/events/{id}"), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event"]["id"], id);
+    assert_eq!(
+        body["seen_on"],
+        serde_json::json!([{"relay": "wss://relay.example.org", "first_seen": 1}])
+    );
+    let (status, body) = rest_get(&served, &format!("/v1/events/{}", "0".repeat(64)), &[]);
+    assert_eq!((status, body["status"].as_u64()), (404, Some(404)));
+    // Mistakes are 400 problem details naming the parameter.
+    let (status, body) = rest_get(&served, "/v1/events", &[("kind", "1".into())]);
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("\"kind\""),
+        "{body}"
+    );
+    let (status, body) = rest_get(&served, "/v1/events", &[("after", "yesterday".into())]);
+    assert_eq!(status, 400, "{body}");
+    // Metrics: the store's counters and the queries just served.
+    let (status, text) = served.http_get("/metrics", "").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(&format!("bigbrotr_events_stored {}", events.len())),
+        "{text}"
+    );
+    let served_queries: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("bigbrotr_serve_query_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("query histogram");
+    assert!(served_queries > 150, "{served_queries}");
 }

@@ -281,7 +281,7 @@ fn cmd_serve(mut cfg: Config, listen: Option<String>) -> Result<ExitCode> {
         let shutdown = Shutdown::new();
         watch_signals(shutdown.clone());
         tracing::info!(listen = %cfg.serve.listen, "serving: read-only Nostr relay at ws://{}/", cfg.serve.listen);
-        crate::serve::serve_store(stores.events.clone(), cfg.serve.clone(), listener, shutdown)
+        crate::serve::serve_store(stores.clone(), cfg.serve.clone(), listener, shutdown)
             .await?;
         stores.events.flush()?;
         tracing::info!("stopped cleanly");
@@ -455,7 +455,7 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
         }
         if cfg.serve.enabled {
             let listener = std::sync::Arc::new(crate::serve::bind(&cfg.serve).await?);
-            let (store, scfg, sd) = (stores.events.clone(), cfg.serve.clone(), shutdown.clone());
+            let (store, scfg, sd) = (stores.clone(), cfg.serve.clone(), shutdown.clone());
             tracing::info!(listen = %cfg.serve.listen, "serving: read-only Nostr relay at ws://{}/", cfg.serve.listen);
             sup.spawn("serve", move || {
                 crate::serve::serve_store(store.clone(), scfg.clone(), listener.clone(), sd.clone())

@@ -9,7 +9,9 @@
 //! `serve.header_timeout_secs`.
 
 pub mod live;
+pub mod metrics;
 pub mod relay;
+pub mod rest;
 
 /// How often the live feed looks for newly archived events.
 pub const LIVE_POLL: Duration = Duration::from_millis(250);
@@ -17,15 +19,18 @@ pub const LIVE_POLL: Duration = Duration::from_millis(250);
 /// Start the read side over `store` on `listener`: the live feed and the acceptor, both
 /// until shutdown. Returns when both ended.
 pub async fn serve_store(
-    store: Arc<crate::store::EventStore>,
+    stores: Stores,
     cfg: ServeConfig,
     listener: Arc<TcpListener>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (tx, _) = broadcast::channel(live::FEED_CAPACITY);
+    let store = stores.events.clone();
     let source: Arc<dyn EventSource> =
         Arc::new(crate::query::local::LocalSource::new(store.clone()));
-    let ctx = Arc::new(ServeCtx::new(source, cfg, tx.clone(), shutdown.clone()));
+    let mut ctx = ServeCtx::new(source, cfg, tx.clone(), shutdown.clone());
+    ctx.stores = Some(stores);
+    let ctx = Arc::new(ctx);
     let mut feed = tokio::spawn(live::run(store, tx, LIVE_POLL, shutdown.clone()));
     // Whichever ends first ends both: a feed that failed would leave subscriptions silent.
     tokio::select! {
@@ -60,6 +65,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use crate::config::ServeConfig;
 use crate::query::EventSource;
 use crate::shutdown::Shutdown;
+use crate::store::Stores;
 
 /// Counters of the read side (for `/metrics` and logs).
 #[derive(Debug, Default)]
@@ -72,6 +78,8 @@ pub struct ServeStats {
     pub events_sent: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub http_requests: AtomicU64,
+    /// Time to answer a query (REQ to EOSE, COUNT, REST).
+    pub query_seconds: metrics::Histogram,
 }
 
 /// What every connection shares.
@@ -81,6 +89,8 @@ pub struct ServeCtx {
     pub live: broadcast::Sender<Arc<live::LiveEvent>>,
     pub shutdown: Shutdown,
     pub stats: Arc<ServeStats>,
+    /// The node's stores, when serving from them (sightings, relays, status, metrics).
+    pub stores: Option<Stores>,
     nip11: String,
 }
 
@@ -98,6 +108,7 @@ impl ServeCtx {
             live,
             shutdown,
             stats: Arc::new(ServeStats::default()),
+            stores: None,
             nip11,
         }
     }
@@ -178,7 +189,7 @@ async fn connection(
     let c = ctx.clone();
     let service = hyper::service::service_fn(move |req| {
         let (c, p) = (c.clone(), permit.clone());
-        async move { Ok::<_, std::convert::Infallible>(route(c, req, peer, p)) }
+        async move { Ok::<_, std::convert::Infallible>(route(c, req, peer, p).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -207,13 +218,17 @@ fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
 
 /// RFC 9457 problem details.
 fn problem(status: StatusCode, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
+    let body = rest::problem_body(status, detail);
     response(status, "application/problem+json", body.to_string())
+}
+
+fn json_reply(r: rest::Reply) -> Response<Body> {
+    let ct = if r.status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    cors(response(r.status, ct, r.body.to_string()))
 }
 
 fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
@@ -237,7 +252,7 @@ fn cors(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-fn route(
+async fn route(
     ctx: Arc<ServeCtx>,
     mut req: Request<Incoming>,
     _peer: SocketAddr,
@@ -257,7 +272,25 @@ fn route(
             serde_json::json!({"status": "ok", "connections": ctx.stats.connections.load(Ordering::Relaxed)}).to_string(),
         ),
         (Method::GET, "/") => response(StatusCode::OK, "text/html; charset=utf-8", landing(&ctx)),
-        (Method::GET, _) => problem(StatusCode::NOT_FOUND, &format!("no route {path}; see / for what this server offers")),
+        (Method::GET, "/metrics") => {
+            let Some(stores) = ctx.stores.clone() else {
+                return problem(StatusCode::NOT_FOUND, "no metrics for this source");
+            };
+            let stats = ctx.stats.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match tokio::task::spawn_blocking(move || metrics::render(&stores, &stats, now)).await {
+                Ok(text) => response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
+                Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            }
+        }
+        (Method::GET, "/v1/events") => json_reply(rest::events(&ctx, req.uri().query()).await),
+        (Method::GET, "/v1/count") => json_reply(rest::count(&ctx, req.uri().query()).await),
+        (Method::GET, p) if p.starts_with("/v1/events/") => {
+            json_reply(rest::event(&ctx, &p["/v1/events/".len()..]).await)
+        }
+        (Method::GET, _) => problem(StatusCode::NOT_FOUND, &format!("no route {path}; routes: / (relay, NIP-11, page), /health, /metrics, /v1/events, /v1/events/{{id}}, /v1/count")),
         (m, _) => problem(StatusCode::METHOD_NOT_ALLOWED, &format!("{m} is not served here: this is a read-only archive")),
     }
 }

@@ -510,7 +510,10 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 let frame = if q.filters.is_empty() {
                     format!("[\"COUNT\",{},{{\"count\":0}}]", json_str(&sub))
                 } else {
-                    match ctx.source.count(q).await {
+                    let started = Instant::now();
+                    let counted = ctx.source.count(q).await;
+                    ctx.stats.query_seconds.observe(started.elapsed());
+                    match counted {
                         Ok(n) => format!("[\"COUNT\",{},{{\"count\":{n}}}]", json_str(&sub)),
                         Err(e) => closed_frame(&sub, &query_reason(&e)),
                     }
@@ -618,6 +621,7 @@ async fn history(
     done: mpsc::UnboundedSender<Done>,
 ) {
     let mut sent = HashSet::new();
+    let started = Instant::now();
     if !q.filters.is_empty() {
         let mut rx = ctx.source.query(q, 64);
         while let Some(item) = rx.recv().await {
@@ -639,6 +643,7 @@ async fn history(
             }
         }
     }
+    ctx.stats.query_seconds.observe(started.elapsed());
     if out.send(format!("[\"EOSE\",{}]", json_str(&sub))).await {
         let _ = done.send(Done::Eose {
             sub,

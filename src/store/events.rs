@@ -984,6 +984,28 @@ impl EventStore {
         Ok(())
     }
 
+    /// Bytes on disk per column family (SST files, and blob files for `events`), for
+    /// benchmarks and diagnostics; memtables not yet flushed are not counted.
+    pub fn disk_bytes_per_cf(&self) -> Vec<(&'static str, u64)> {
+        ALL_CFS
+            .iter()
+            .filter_map(|name| {
+                let cf = self.db.cf_handle(name)?;
+                let prop = |p: &str| {
+                    self.db
+                        .property_int_value_cf(&cf, p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                };
+                Some((
+                    *name,
+                    prop("rocksdb.total-sst-files-size") + prop("rocksdb.total-blob-file-size"),
+                ))
+            })
+            .collect()
+    }
+
     /// Flush memtables (clean shutdown; the WAL already makes every write durable).
     pub fn flush(&self) -> Result<(), StoreError> {
         for name in ALL_CFS {

@@ -1,0 +1,253 @@
+//! The REST API under `/v1` (JSON; errors as RFC 9457 problem details):
+//! - `GET /v1/events` — events by NIP-01 filter, newest first, with a `next` keyset cursor;
+//! - `GET /v1/events/{id}` — one event with every relay it was seen on, and when;
+//! - `GET /v1/count` — how many events a filter matches.
+//!
+//! A filter is given as query parameters (`ids`, `authors`, `kinds` as comma-separated lists;
+//! `since`, `until`, `limit`; tags as `#e=...`, URL-encoded `%23e=...`, or `tag.e=...`), or whole
+//! as `filter={...}` (NIP-01 JSON). `after=<cursor>` continues after the `next` of a page.
+
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use serde_json::{json, Map, Value};
+
+use super::ServeCtx;
+use crate::protocol::event::decode_hex;
+use crate::protocol::Filter;
+use crate::query::{Position, Query, QueryError};
+
+/// What a handler answers: a status and a JSON body (a problem when not 2xx).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+fn ok(body: Value) -> Reply {
+    Reply {
+        status: StatusCode::OK,
+        body,
+    }
+}
+
+pub fn problem_body(status: StatusCode, detail: &str) -> Value {
+    json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    })
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>) -> Reply {
+    Reply {
+        status,
+        body: problem_body(status, &detail.into()),
+    }
+}
+
+fn bad(detail: impl Into<String>) -> Reply {
+    problem(StatusCode::BAD_REQUEST, detail)
+}
+
+fn query_problem(e: &QueryError) -> Reply {
+    match e {
+        QueryError::TimedOut => problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        QueryError::NotReady => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        other => {
+            tracing::warn!(error = %other, "serve: query failed");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the archive could not answer this query; try again",
+            )
+        }
+    }
+}
+
+/// The filter and cursor of a request's query string.
+fn parse_query(ctx: &ServeCtx, query: Option<&str>) -> Result<(Filter, Option<Position>), Reply> {
+    let mut obj = Map::new();
+    let mut after = None;
+    let mut whole: Option<String> = None;
+    let list = |v: &str| -> Vec<Value> {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Value::from(s.to_string()))
+            .collect()
+    };
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let (k, v) = (k.as_ref(), v.as_ref());
+        match k {
+            "filter" => whole = Some(v.to_string()),
+            "after" => after = Some(Position::decode(v).map_err(bad)?),
+            "ids" | "authors" => {
+                obj.insert(k.into(), Value::Array(list(v)));
+            }
+            "kinds" => {
+                let mut kinds = Vec::new();
+                for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let n: u16 = s
+                        .parse()
+                        .map_err(|_| bad(format!("kinds: {s:?} is not an integer 0-65535")))?;
+                    kinds.push(Value::from(n));
+                }
+                obj.insert("kinds".into(), Value::Array(kinds));
+            }
+            "since" | "until" | "limit" => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| bad(format!("{k}: {v:?} is not a non-negative integer")))?;
+                obj.insert(k.into(), n.into());
+            }
+            tag if (tag.len() == 2 && tag.starts_with('#'))
+                || (tag.len() == 5 && tag.starts_with("tag.")) =>
+            {
+                let letter = &tag[tag.len() - 1..];
+                obj.insert(format!("#{letter}"), Value::Array(list(v)));
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?}; parameters are ids, authors, kinds, #<letter> (or tag.<letter>), since, until, limit, filter, after"
+                )))
+            }
+        }
+    }
+    let text = match whole {
+        Some(w) if obj.is_empty() => w,
+        Some(_) => {
+            return Err(bad(
+                "give the filter either as `filter=` or as parameters, not both",
+            ))
+        }
+        None => Value::Object(obj).to_string(),
+    };
+    let f = Filter::from_json(&text).map_err(bad)?;
+    let values = f
+        .ids
+        .len()
+        .max(f.authors.len())
+        .max(f.kinds.len())
+        .max(f.tags.values().map(Vec::len).max().unwrap_or(0));
+    if values > ctx.cfg.max_filter_values {
+        return Err(bad(format!(
+            "a filter field lists {values} values, at most {} (serve.max_filter_values)",
+            ctx.cfg.max_filter_values
+        )));
+    }
+    Ok((f, after))
+}
+
+fn event_json(ev: &crate::protocol::Event) -> Value {
+    serde_json::from_str(&ev.to_json()).unwrap_or(Value::Null)
+}
+
+fn deadline(ctx: &ServeCtx) -> Option<Instant> {
+    Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms))
+}
+
+/// `GET /v1/events`: one page.
+pub async fn events(ctx: &ServeCtx, query: Option<&str>) -> Reply {
+    let (mut f, after) = match parse_query(ctx, query) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let limit = f
+        .limit
+        .unwrap_or(ctx.cfg.default_limit)
+        .min(ctx.cfg.max_limit);
+    f.limit = Some(limit);
+    let q = Query {
+        filters: vec![f],
+        after,
+        deadline: deadline(ctx),
+        ..Query::default()
+    };
+    let started = Instant::now();
+    let mut rx = ctx.source.query(q, 64);
+    let mut out = Vec::new();
+    let mut last = None;
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok(ev) => {
+                last = Some(Position::of(&ev));
+                out.push(event_json(&ev));
+            }
+            Err(e) => return query_problem(&e),
+        }
+    }
+    ctx.stats.query_seconds.observe(started.elapsed());
+    // A full page may have more behind it; a short one is the end.
+    let next = last
+        .filter(|_| out.len() as u64 == limit && limit > 0)
+        .map(|p| p.encode());
+    ok(json!({ "events": out, "next": next }))
+}
+
+/// `GET /v1/count`.
+pub async fn count(ctx: &ServeCtx, query: Option<&str>) -> Reply {
+    let (f, after) = match parse_query(ctx, query) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let q = Query {
+        filters: vec![f],
+        after,
+        deadline: deadline(ctx),
+        ..Query::default()
+    };
+    let started = Instant::now();
+    match ctx.source.count(q).await {
+        Ok(n) => {
+            ctx.stats.query_seconds.observe(started.elapsed());
+            ok(json!({ "count": n }))
+        }
+        Err(e) => query_problem(&e),
+    }
+}
+
+/// `GET /v1/events/{id}`: the event (latest-version rules do not apply: it is asked by id) and
+/// where it was seen.
+pub async fn event(ctx: &ServeCtx, id: &str) -> Reply {
+    let Some(raw) = decode_hex::<32>(id) else {
+        return bad(format!(
+            "{id:?} is not an event id (64 lowercase hex characters)"
+        ));
+    };
+    let Some(stores) = ctx.stores.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "sightings are not available from this source",
+        );
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        let ev = stores.events.get(&raw)?;
+        let seen = stores.events.sightings(&raw)?;
+        let urls = stores.events.bound_relays();
+        Ok::<_, crate::store::StoreError>((ev, seen, urls))
+    })
+    .await;
+    let (ev, seen, urls) = match found {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return query_problem(&QueryError::Store(e)),
+        Err(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    };
+    let Some(ev) = ev else {
+        let detail = if seen.is_empty() {
+            format!("no event {id} in this archive")
+        } else {
+            format!("event {id} was archived and shipped upstream; its body was evicted here (storage.keep_shipped_days)")
+        };
+        return problem(StatusCode::NOT_FOUND, detail);
+    };
+    let url_of = |relay: u32| {
+        urls.binary_search_by_key(&relay, |(id, _)| *id)
+            .ok()
+            .map(|i| urls[i].1.clone())
+    };
+    let seen_on: Vec<Value> = seen
+        .iter()
+        .map(|(relay, at)| json!({ "relay": url_of(*relay), "first_seen": at }))
+        .collect();
+    ok(json!({ "event": event_json(&ev), "seen_on": seen_on }))
+}
