@@ -303,6 +303,10 @@ async fn nip11_count_event_refusal_and_limits() {
     let (status, page) = served.http_get("/", "text/html").expect("page");
     assert_eq!(status, 200);
     assert!(page.contains("read-only Nostr relay"), "{page}");
+    assert!(
+        page.contains(&format!("events stored<b>{}</b>", events.len())),
+        "{page}"
+    );
 }
 
 /// `bigbrotr run` with `[serve] enabled`: a subscription open before the node archives a relay
@@ -354,6 +358,13 @@ fn events_archived_while_subscribed_arrive_live() {
         }
         let want: std::collections::HashSet<String> = notes.iter().map(|e| e.id.to_hex()).collect();
         assert_eq!(ids, want);
+        // The status page lists the relay, in the relays table and in sync progress.
+        let (status, page) = served.http_get("/", "text/html").expect("page");
+        assert_eq!(status, 200);
+        let relays = page.split("id=\"relays\"").nth(1).expect("relays table");
+        assert!(relays.contains(&relay.url), "{page}");
+        let sync = page.split("id=\"sync\"").nth(1).expect("sync table");
+        assert!(sync.contains(&relay.url), "{page}");
         // The node keeps its store: a second writer is refused with the fix.
         let other = format!("127.0.0.1:{}", free_port());
         let out = served.node.run(&["serve", "--listen", &other]);

@@ -10,6 +10,7 @@
 
 pub mod live;
 pub mod metrics;
+pub mod page;
 pub mod relay;
 pub mod rest;
 
@@ -271,7 +272,19 @@ async fn route(
             "application/json",
             serde_json::json!({"status": "ok", "connections": ctx.stats.connections.load(Ordering::Relaxed)}).to_string(),
         ),
-        (Method::GET, "/") => response(StatusCode::OK, "text/html; charset=utf-8", landing(&ctx)),
+        (Method::GET, "/") => {
+            let Some(stores) = ctx.stores.clone() else {
+                return response(StatusCode::OK, "text/html; charset=utf-8", landing(&ctx));
+            };
+            let name = ctx.cfg.name.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match tokio::task::spawn_blocking(move || page::render(&stores, &name, now)).await {
+                Ok(html) => response(StatusCode::OK, "text/html; charset=utf-8", html),
+                Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            }
+        }
         (Method::GET, "/metrics") => {
             let Some(stores) = ctx.stores.clone() else {
                 return problem(StatusCode::NOT_FOUND, "no metrics for this source");
