@@ -20,8 +20,6 @@
 //! removed with its body ([`EventStore::evict_shipped`]). A store from before the indexes builds
 //! them at its first writer open, resumably ([`EventStore::build_indexes`]).
 
-use std::collections::BTreeSet;
-
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use sha2::{Digest, Sha256};
 
@@ -136,41 +134,55 @@ fn d_tag(ev: &Event) -> &str {
         .map_or("", String::as_str)
 }
 
-fn with_time(mut prefix: Vec<u8>, created_at: u64, id: &[u8; 32]) -> Vec<u8> {
-    prefix.extend_from_slice(&created_at.to_be_bytes());
-    prefix.extend_from_slice(id);
-    prefix
-}
-
-/// Every index key of one event (tags deduplicated: an event listing the same `p` twice has
-/// one entry for it).
-pub(super) fn event_keys(ev: &Event) -> Vec<Vec<u8>> {
-    let (t, id) = (ev.created_at, &ev.id);
-    let mut keys = vec![
-        with_time(Prefix::author(&ev.pubkey), t, id),
-        with_time(Prefix::kind(ev.kind), t, id),
-        with_time(Prefix::author_kind(&ev.pubkey, ev.kind), t, id),
-    ];
+/// Visit every index key of one event (tags deduplicated: an event listing the same `p` twice
+/// has one entry for it). One buffer is reused for all keys: this runs for every stored event.
+pub(super) fn for_each_key(ev: &Event, mut visit: impl FnMut(&[u8])) {
+    let mut tail = [0u8; 40];
+    tail[..8].copy_from_slice(&ev.created_at.to_be_bytes());
+    tail[8..].copy_from_slice(&ev.id);
+    let mut key = Vec::with_capacity(128);
+    let emit = |key: &mut Vec<u8>, visit: &mut dyn FnMut(&[u8])| {
+        key.extend_from_slice(&tail);
+        visit(key);
+        key.clear();
+    };
+    key.push(P_AUTHOR);
+    key.extend_from_slice(&ev.pubkey);
+    emit(&mut key, &mut visit);
+    key.push(P_KIND);
+    key.extend_from_slice(&ev.kind.to_be_bytes());
+    emit(&mut key, &mut visit);
+    key.push(P_AUTHOR_KIND);
+    key.extend_from_slice(&ev.pubkey);
+    key.extend_from_slice(&ev.kind.to_be_bytes());
+    emit(&mut key, &mut visit);
     if is_addressable(ev.kind) {
-        keys.push(with_time(
-            Prefix::address(&ev.pubkey, ev.kind, d_tag(ev)),
-            t,
-            id,
-        ));
+        key.push(P_ADDRESS);
+        key.extend_from_slice(&ev.pubkey);
+        key.extend_from_slice(&ev.kind.to_be_bytes());
+        push_tag_value(&mut key, d_tag(ev));
+        emit(&mut key, &mut visit);
     }
-    let mut tags = BTreeSet::new();
-    for tag in &ev.tags {
-        let (Some(name), Some(value)) = (tag.first(), tag.get(1)) else {
-            continue;
-        };
-        if let [letter] = name.as_bytes() {
-            if letter.is_ascii_alphabetic() {
-                tags.insert(Prefix::tag(*letter, value));
+    let mut tags: Vec<(u8, &str)> = ev
+        .tags
+        .iter()
+        .filter_map(|t| match (t.first().map(String::as_bytes), t.get(1)) {
+            (Some([letter]), Some(v)) if letter.is_ascii_alphabetic() => {
+                Some((*letter, v.as_str()))
             }
-        }
+            _ => None,
+        })
+        .collect();
+    if tags.len() > 1 {
+        tags.sort_unstable();
+        tags.dedup();
     }
-    keys.extend(tags.into_iter().map(|p| with_time(p, t, id)));
-    keys
+    for (letter, value) in tags {
+        key.push(P_TAG);
+        key.push(letter);
+        push_tag_value(&mut key, value);
+        emit(&mut key, &mut visit);
+    }
 }
 
 /// (created_at, id) from the last 40 bytes of an index key with the given prefix length.
@@ -314,16 +326,12 @@ impl EventStore {
 
     pub(super) fn put_index(&self, batch: &mut WriteBatch, ev: &Event) {
         let cf = self.cf(CF_INDEX);
-        for key in event_keys(ev) {
-            batch.put_cf(cf, key, []);
-        }
+        for_each_key(ev, |key| batch.put_cf(cf, key, []));
     }
 
     pub(super) fn delete_index(&self, batch: &mut WriteBatch, ev: &Event) {
         let cf = self.cf(CF_INDEX);
-        for key in event_keys(ev) {
-            batch.delete_cf(cf, key);
-        }
+        for_each_key(ev, |key| batch.delete_cf(cf, key));
     }
 
     /// Are the query indexes complete for every stored event?
