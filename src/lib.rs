@@ -20,3 +20,4 @@ pub mod serve;
 pub mod services;
 pub mod shutdown;
 pub mod store;
+pub mod timefmt;

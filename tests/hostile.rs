@@ -291,26 +291,16 @@ async fn narrowing_a_one_kind_second_does_not_ask_for_the_same_page_again() {
 /// so the next page starts below it instead of re-sending it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exact_count_settles_a_page_boundary_second_without_re_sending_it() {
-    let k = keys(4);
     // Clamp 100: 60 events at T0+20, 40 at T0+10 (the first page ends exactly there), 100 at T0+5.
-    let mut events = Vec::new();
-    for (second, n) in [(T0 + 20, 60), (T0 + 10, 40), (T0 + 5, 100)] {
-        events.extend(
-            (0..n).map(|i| sign_event(&k[i % 4], second, 1, vec![], &format!("{second} {i}"))),
-        );
-    }
-    let relay = HostileRelay::start(
-        events.clone(),
+    let events = in_seconds(&[(T0 + 20, 60), (T0 + 10, 40), (T0 + 5, 100)]);
+    let (relay, node) = synced_completely(
+        &events,
         Options {
             clamp: 100,
             ..Options::default()
         },
     )
     .await;
-    let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&events));
     // 100 + 100, each event once. Anchoring the second page at T0+10 re-sent its 40, and the
     // third page at T0+5 its 100 (300).
     assert_eq!(relay.events_sent(), 200, "events sent for 200 unique");
@@ -321,15 +311,9 @@ async fn an_exact_count_settles_a_page_boundary_second_without_re_sending_it() {
 /// nothing at a page boundary: the next page re-asks that second, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_count_below_what_was_sent_is_not_taken_as_proof() {
-    let k = keys(4);
-    let mut events = Vec::new();
-    for (second, n) in [(T0 + 20, 60), (T0 + 10, 70), (T0 + 5, 30)] {
-        events.extend(
-            (0..n).map(|i| sign_event(&k[i % 4], second, 1, vec![], &format!("{second} {i}"))),
-        );
-    }
-    let relay = HostileRelay::start(
-        events.clone(),
+    let events = in_seconds(&[(T0 + 20, 60), (T0 + 10, 70), (T0 + 5, 30)]);
+    synced_completely(
+        &events,
         Options {
             clamp: 100,
             count_zero: true,
@@ -337,10 +321,6 @@ async fn a_count_below_what_was_sent_is_not_taken_as_proof() {
         },
     )
     .await;
-    let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&events));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,4 +597,25 @@ async fn an_event_over_the_message_limit_is_passed_and_its_second_recorded() {
             .as_str()
         )
     );
+}
+
+/// Events by four authors in the given seconds: (second, how many).
+fn in_seconds(spec: &[(u64, usize)]) -> Vec<RawEvent> {
+    let k = keys(4);
+    spec.iter()
+        .flat_map(|&(second, n)| {
+            let k = k.clone();
+            (0..n).map(move |i| sign_event(&k[i % 4], second, 1, vec![], &format!("{second} {i}")))
+        })
+        .collect()
+}
+
+/// `sync --once` of a hostile relay holding `events`: it must succeed and store every one.
+async fn synced_completely(events: &[RawEvent], opts: Options) -> (HostileRelay, Node) {
+    let relay = HostileRelay::start(events.to_vec(), opts).await;
+    let node = fast_node();
+    let out = node.sync_once(&relay.url()).await;
+    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
+    assert_same_ids(&node.exported_ids(), &ids(events));
+    (relay, node)
 }

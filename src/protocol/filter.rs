@@ -112,6 +112,15 @@ impl Filter {
         Ok(f)
     }
 
+    /// The longest value list of any field (what a server caps per filter).
+    pub fn max_values(&self) -> usize {
+        self.ids
+            .len()
+            .max(self.authors.len())
+            .max(self.kinds.len())
+            .max(self.tags.values().map(Vec::len).max().unwrap_or(0))
+    }
+
     /// Does the event match every field of this filter (`limit` is not a matching field)?
     pub fn matches(&self, ev: &Event) -> bool {
         if let Some(s) = self.since {

@@ -35,35 +35,14 @@ fn esc(s: &str) -> String {
 }
 
 fn ago(now: u64, t: Option<i64>) -> String {
-    match t {
-        None => "never".into(),
-        Some(t) => {
-            let d = now.saturating_sub(t.max(0) as u64);
-            match d {
-                0..=119 => format!("{d} s ago"),
-                120..=7199 => format!("{} min ago", d / 60),
-                7200..=172_799 => format!("{} h ago", d / 3600),
-                _ => format!("{} d ago", d / 86_400),
-            }
-        }
-    }
+    t.map_or("never".into(), |t| crate::timefmt::ago(now as i64, t))
 }
 
+/// `YYYY-MM-DD HH:MM` (UTC), or "-".
 fn utc(t: Option<u64>) -> String {
     t.map_or("-".into(), |t| {
-        let days = t / 86_400;
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        let s = t % 86_400;
-        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", s / 3600, (s / 60) % 60)
+        let full = crate::timefmt::datetime(t as i64);
+        full[..full.len() - 3].to_string()
     })
 }
 

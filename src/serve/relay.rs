@@ -158,12 +158,7 @@ fn parse_filters(ctx: &ServeCtx, raw: &[Value], for_count: bool) -> Result<Vec<F
             continue;
         }
         let mut f = Filter::from_json(&v.to_string()).map_err(|e| format!("invalid: {e}"))?;
-        let values = f
-            .ids
-            .len()
-            .max(f.authors.len())
-            .max(f.kinds.len())
-            .max(f.tags.values().map(Vec::len).max().unwrap_or(0));
+        let values = f.max_values();
         if values > cfg.max_filter_values {
             return Err(format!(
                 "invalid: a filter field lists {values} values, at most {} (serve.max_filter_values)",

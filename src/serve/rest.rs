@@ -123,12 +123,7 @@ fn parse_query(ctx: &ServeCtx, query: Option<&str>) -> Result<(Filter, Option<Po
         None => Value::Object(obj).to_string(),
     };
     let f = Filter::from_json(&text).map_err(bad)?;
-    let values = f
-        .ids
-        .len()
-        .max(f.authors.len())
-        .max(f.kinds.len())
-        .max(f.tags.values().map(Vec::len).max().unwrap_or(0));
+    let values = f.max_values();
     if values > ctx.cfg.max_filter_values {
         return Err(bad(format!(
             "a filter field lists {values} values, at most {} (serve.max_filter_values)",
@@ -142,8 +137,14 @@ fn event_json(ev: &crate::protocol::Event) -> Value {
     serde_json::from_str(&ev.to_json()).unwrap_or(Value::Null)
 }
 
-fn deadline(ctx: &ServeCtx) -> Option<Instant> {
-    Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms))
+/// A query of one filter, resumed after `after`, within the time budget.
+fn one_filter(ctx: &ServeCtx, f: Filter, after: Option<Position>) -> Query {
+    Query {
+        filters: vec![f],
+        after,
+        deadline: Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms)),
+        ..Query::default()
+    }
 }
 
 /// `GET /v1/events`: one page.
@@ -157,12 +158,7 @@ pub async fn events(ctx: &ServeCtx, query: Option<&str>) -> Reply {
         .unwrap_or(ctx.cfg.default_limit)
         .min(ctx.cfg.max_limit);
     f.limit = Some(limit);
-    let q = Query {
-        filters: vec![f],
-        after,
-        deadline: deadline(ctx),
-        ..Query::default()
-    };
+    let q = one_filter(ctx, f, after);
     let started = Instant::now();
     let mut rx = ctx.source.query(q, 64);
     let mut out = Vec::new();
@@ -190,12 +186,7 @@ pub async fn count(ctx: &ServeCtx, query: Option<&str>) -> Reply {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let q = Query {
-        filters: vec![f],
-        after,
-        deadline: deadline(ctx),
-        ..Query::default()
-    };
+    let q = one_filter(ctx, f, after);
     let started = Instant::now();
     match ctx.source.count(q).await {
         Ok(n) => {
