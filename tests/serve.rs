@@ -219,7 +219,26 @@ fn parse_event(v: &Value) -> Event {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nip11_count_event_refusal_and_limits() {
     let events = corpus(300, 3, 2);
-    let served = Served::start(&events, "max_subscriptions = 3\nmax_filters = 2\n");
+    let served = Served::start(
+        &events,
+        "max_subscriptions = 3\nmax_filters = 2\nheader_timeout_secs = 1\n",
+    );
+    // Slowloris: request headers that never end are cut off after serve.header_timeout_secs.
+    let mut slow = std::net::TcpStream::connect(&served.addr).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "a connection with unfinished headers was held {:?}",
+        started.elapsed()
+    );
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
     let (status, body) = served
         .http_get("/", "application/nostr+json")
         .expect("nip11");
@@ -365,6 +384,38 @@ fn events_archived_while_subscribed_arrive_live() {
         assert!(relays.contains(&relay.url), "{page}");
         let sync = page.split("id=\"sync\"").nth(1).expect("sync table");
         assert!(sync.contains(&relay.url), "{page}");
+        // The relays over REST, as `relays list --json` and `relays show --json` give them.
+        let (status, body) = rest_get(&served, "/v1/relays", &[]);
+        assert_eq!(status, 200, "{body}");
+        let urls: Vec<&str> = body["relays"]
+            .as_array()
+            .expect("relays")
+            .iter()
+            .filter_map(|r| r["url"].as_str())
+            .collect();
+        assert_eq!(urls, vec![relay.url.as_str()]);
+        let (status, body) = rest_get(&served, "/v1/relay", &[("url", relay.url.clone())]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["health"]["url"], relay.url.as_str());
+        assert!(
+            body["daily"].is_array() && body["history"].is_array(),
+            "{body}"
+        );
+        let (status, _) = rest_get(
+            &served,
+            "/v1/relay",
+            &[("url", "wss://not.registered.example".into())],
+        );
+        assert_eq!(status, 404);
+        let (status, body) = rest_get(&served, "/v1/relay", &[]);
+        assert_eq!(status, 400);
+        assert!(
+            body["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("url is required"),
+            "{body}"
+        );
         // The node keeps its store: a second writer is refused with the fix.
         let other = format!("127.0.0.1:{}", free_port());
         let out = served.node.run(&["serve", "--listen", &other]);

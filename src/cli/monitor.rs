@@ -313,17 +313,7 @@ pub(super) fn cmd_relays_show(cfg: &Config, url: &str, days: u32, json: bool) ->
     let daily = state.daily_uptime(id, since - since.rem_euclid(86_400))?;
     let history = state.history(id, since, i64::MAX, 50)?;
     if json {
-        let v = serde_json::json!({
-            "health": h,
-            "nip11": nip11,
-            "nip66": nip66,
-            "uptime": state.uptime(id, since)?,
-            "daily": daily.iter().map(|d| serde_json::json!({
-                "date": date(d.day), "uptime": d.uptime(), "up_secs": d.up_secs,
-                "down_secs": d.down_secs, "checks": d.checks, "online": d.online,
-            })).collect::<Vec<_>>(),
-            "history": history,
-        });
+        let v = state.relay_detail(&norm, days, now)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }

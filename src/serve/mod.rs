@@ -300,6 +300,8 @@ async fn route(
         }
         (Method::GET, "/v1/events") => json_reply(rest::events(&ctx, req.uri().query()).await),
         (Method::GET, "/v1/count") => json_reply(rest::count(&ctx, req.uri().query()).await),
+        (Method::GET, "/v1/relays") => json_reply(rest::relays(&ctx, req.uri().query()).await),
+        (Method::GET, "/v1/relay") => json_reply(rest::relay(&ctx, req.uri().query()).await),
         (Method::GET, p) if p.starts_with("/v1/events/") => {
             json_reply(rest::event(&ctx, &p["/v1/events/".len()..]).await)
         }

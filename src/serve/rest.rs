@@ -1,7 +1,9 @@
 //! The REST API under `/v1` (JSON; errors as RFC 9457 problem details):
 //! - `GET /v1/events` — events by NIP-01 filter, newest first, with a `next` keyset cursor;
 //! - `GET /v1/events/{id}` — one event with every relay it was seen on, and when;
-//! - `GET /v1/count` — how many events a filter matches.
+//! - `GET /v1/count` — how many events a filter matches;
+//! - `GET /v1/relays[?status=...]` — every registered relay with its health;
+//! - `GET /v1/relay?url=...[&days=7]` — one relay with its NIP-11/NIP-66 history.
 //!
 //! A filter is given as query parameters (`ids`, `authors`, `kinds` as comma-separated lists;
 //! `since`, `until`, `limit`; tags as `#e=...`, URL-encoded `%23e=...`, or `tag.e=...`), or whole
@@ -241,4 +243,101 @@ pub async fn event(ctx: &ServeCtx, id: &str) -> Reply {
         .map(|(relay, at)| json!({ "relay": url_of(*relay), "first_seen": at }))
         .collect();
     ok(json!({ "event": event_json(&ev), "seen_on": seen_on }))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `GET /v1/relays[?status=online]`: every registered relay with its health (status, last
+/// check, round trips, policies, software, 7-day uptime), as `relays list --json`.
+pub async fn relays(ctx: &ServeCtx, query: Option<&str>) -> Reply {
+    let mut status = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "status" => status = Some(v.into_owned()),
+            other => return bad(format!("unknown parameter {other:?}; the one parameter is status (online, offline, unknown, ...)")),
+        }
+    }
+    let Some(stores) = ctx.stores.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "relays are not available from this source",
+        );
+    };
+    let rows = tokio::task::spawn_blocking(move || stores.state.health(now() - 7 * 86_400)).await;
+    match rows {
+        Ok(Ok(rows)) => {
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|h| status.as_deref().is_none_or(|s| h.status == s))
+                .collect();
+            ok(json!({ "relays": rows }))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "serve: relays");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the relay registry could not be read; try again",
+            )
+        }
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// `GET /v1/relay?url=wss://...[&days=7]`: one relay with its NIP-11 and NIP-66 history, as
+/// `relays show --json`.
+pub async fn relay(ctx: &ServeCtx, query: Option<&str>) -> Reply {
+    let (mut url, mut days) = (None, 7u32);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "url" => url = Some(v.into_owned()),
+            "days" => match v.parse::<u32>() {
+                Ok(d) if (1..=366).contains(&d) => days = d,
+                _ => return bad(format!("days: {v:?} is not a number of days 1-366")),
+            },
+            other => {
+                return bad(format!(
+                    "unknown parameter {other:?}; parameters are url and days"
+                ))
+            }
+        }
+    }
+    let Some(url) = url else {
+        return bad("url is required, e.g. /v1/relay?url=wss://relay.example.org");
+    };
+    // Normalized as the registry stores URLs (nothing is dialed: any address may be looked up).
+    let lookup = crate::protocol::url::UrlPolicy {
+        allow_local: true,
+        allow_hosts: Vec::new(),
+    };
+    let norm = crate::protocol::url::parse_relay_url(&url, &lookup)
+        .map(|u| u.to_string())
+        .unwrap_or(url);
+    let Some(stores) = ctx.stores.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "relays are not available from this source",
+        );
+    };
+    let n = norm.clone();
+    let found =
+        tokio::task::spawn_blocking(move || stores.state.relay_detail(&n, days, now())).await;
+    match found {
+        Ok(Ok(Some(v))) => ok(v),
+        Ok(Ok(None)) => problem(
+            StatusCode::NOT_FOUND,
+            format!("{norm} is not registered on this node"),
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "serve: relay");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the relay registry could not be read; try again",
+            )
+        }
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
 }

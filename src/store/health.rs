@@ -502,6 +502,42 @@ impl State {
     }
 
     /// One relay's id and health, by normalized URL.
+    /// One relay as `relays show --json` and the REST API show it: health, the latest NIP-11
+    /// and NIP-66 documents, uptime over `days` and per UTC day, and the last 50 checks.
+    /// `None` when `url` (normalized) is not registered.
+    pub fn relay_detail(
+        &self,
+        url: &str,
+        days: u32,
+        now: i64,
+    ) -> Result<Option<Value>, StateError> {
+        let Some((id, h)) = self.health_of(url)? else {
+            return Ok(None);
+        };
+        let since = now - i64::from(days) * 86_400;
+        let doc = |id: &Option<String>| -> Result<Value, StateError> {
+            Ok(match id {
+                Some(id) => self
+                    .document(id)?
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .unwrap_or(Value::Null),
+                None => Value::Null,
+            })
+        };
+        let daily = self.daily_uptime(id, since - since.rem_euclid(86_400))?;
+        Ok(Some(serde_json::json!({
+            "nip11": doc(&h.nip11_id)?,
+            "nip66": doc(&h.nip66_id)?,
+            "uptime": self.uptime(id, since)?,
+            "daily": daily.iter().map(|d| serde_json::json!({
+                "date": crate::timefmt::date(d.day), "uptime": d.uptime(), "up_secs": d.up_secs,
+                "down_secs": d.down_secs, "checks": d.checks, "online": d.online,
+            })).collect::<Vec<_>>(),
+            "history": self.history(id, since, i64::MAX, 50)?,
+            "health": h,
+        })))
+    }
+
     pub fn health_of(&self, url: &str) -> Result<Option<(u32, HealthRow)>, StateError> {
         let conn = self.conn();
         Ok(conn
