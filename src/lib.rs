@@ -19,5 +19,6 @@ pub mod sd_notify;
 pub mod serve;
 pub mod services;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 pub mod timefmt;

@@ -385,6 +385,10 @@ fn events_archived_while_subscribed_arrive_live() {
         let sync = page.split("id=\"sync\"").nth(1).expect("sync table");
         assert!(sync.contains(&relay.url), "{page}");
         // The relays over REST, as `relays list --json` and `relays show --json` give them.
+        let (status, body) = rest_get(&served, "/v1/status", &[]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["events_stored"], 300, "{body}");
+        assert_eq!(body["relays_known"], 1, "{body}");
         let (status, body) = rest_get(&served, "/v1/relays", &[]);
         assert_eq!(status, 200, "{body}");
         let urls: Vec<&str> = body["relays"]

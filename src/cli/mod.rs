@@ -281,7 +281,7 @@ fn cmd_serve(mut cfg: Config, listen: Option<String>) -> Result<ExitCode> {
         let shutdown = Shutdown::new();
         watch_signals(shutdown.clone());
         tracing::info!(listen = %cfg.serve.listen, "serving: read-only Nostr relay at ws://{}/", cfg.serve.listen);
-        crate::serve::serve_store(stores.clone(), cfg.serve.clone(), listener, shutdown)
+        crate::serve::serve_store(stores.clone(), std::sync::Arc::new(cfg.clone()), listener, shutdown)
             .await?;
         stores.events.flush()?;
         tracing::info!("stopped cleanly");
@@ -455,7 +455,7 @@ fn cmd_run(cfg: Config) -> Result<ExitCode> {
         }
         if cfg.serve.enabled {
             let listener = std::sync::Arc::new(crate::serve::bind(&cfg.serve).await?);
-            let (store, scfg, sd) = (stores.clone(), cfg.serve.clone(), shutdown.clone());
+            let (store, scfg, sd) = (stores.clone(), std::sync::Arc::new(cfg.clone()), shutdown.clone());
             tracing::info!(listen = %cfg.serve.listen, "serving: read-only Nostr relay at ws://{}/", cfg.serve.listen);
             sup.spawn("serve", move || {
                 crate::serve::serve_store(store.clone(), scfg.clone(), listener.clone(), sd.clone())
@@ -654,84 +654,39 @@ fn cmd_export(cfg: &Config, filter: Option<&str>) -> Result<ExitCode> {
 
 fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let stores = Stores::open_read_only(cfg)?;
-    let counters = stores.events.counters();
-    let health = stores.state.health(now_secs() as i64 - 7 * 86_400)?;
-    let count = |s: &str| health.iter().filter(|h| h.status == s).count();
-    let (online, offline) = (count("online"), count("offline"));
-    let monitor: serde_json::Value = stores
-        .state
-        .get_state("monitor", "stats")?
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let (observations, _) = stores.state.observation_count()?;
-    let progress = stores.state.progress()?;
-    let mut services = serde_json::Map::new();
-    for name in ["finder", "synchronizer", "monitor", "shipper"] {
-        if let Some(h) = stores.state.get_state(name, "health")? {
-            services.insert(
-                name.into(),
-                serde_json::from_str(&h).unwrap_or(serde_json::Value::Null),
-            );
-        }
-    }
-    let sync_stats: serde_json::Value = stores
-        .state
-        .get_state("synchronizer", "stats")?
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
-    let ship: Option<crate::services::shipper::ShipStats> = stores
-        .state
-        .get_state("shipper", "stats")?
-        .and_then(|s| serde_json::from_str(&s).ok());
-    let tor = tor_summary(cfg, &stores)?;
-    let oldest = stores.events.spool_oldest_seen_at()?;
-    let lag = oldest.map(|t| now_secs().saturating_sub(t));
-    let v = serde_json::json!({
-        "data_dir": cfg.data_dir(),
-        "upstream": cfg.upstream.enabled(),
-        "ship_lag_secs": lag,
-        "ship_rejected": counters.ship_rejected,
-        "ship": ship,
-        "relays_known": health.len(),
-        "relays_online": online,
-        "relays_offline": offline,
-        "observations": observations,
-        "monitor": monitor,
-        "events_stored": counters.events,
-        "events_evicted": counters.evicted,
-        "sightings": counters.sightings,
-        "spool_depth": counters.spool_depth,
-        "quarantined": counters.quarantined,
-        "services": services,
-        "sync_stats": sync_stats,
-        "tor": tor,
-        "relays": progress,
-    });
+    let v = crate::status::node_status(cfg, &stores, now_secs())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let ship: Option<crate::services::shipper::ShipStats> =
+        serde_json::from_value(v["ship"].clone()).unwrap_or(None);
+    let lag = v["ship_lag_secs"].as_u64();
     println!("data dir:       {}", cfg.data_dir().display());
     println!(
         "relays:         {} known, {} online, {} offline ({} checks in history)",
-        health.len(),
-        online,
-        offline,
-        observations
+        n("relays_known"),
+        n("relays_online"),
+        n("relays_offline"),
+        n("observations")
     );
-    if counters.evicted > 0 {
+    if n("events_evicted") > 0 {
         println!(
             "events stored:  {} ({} sightings; {} shipped and evicted, ids kept)",
-            counters.events, counters.sightings, counters.evicted
+            n("events_stored"),
+            n("sightings"),
+            n("events_evicted")
         );
     } else {
         println!(
             "events stored:  {} ({} sightings)",
-            counters.events, counters.sightings
+            n("events_stored"),
+            n("sightings")
         );
     }
-    println!("spool depth:    {}", counters.spool_depth);
-    println!("tor:            {}", tor_line(&tor));
+    println!("spool depth:    {}", n("spool_depth"));
+    println!("tor:            {}", tor_line(&v["tor"]));
     if cfg.upstream.enabled() || ship.is_some() {
         let lag = lag.map_or("none (spool empty)".to_string(), |l| format!("{l} s"));
         println!("ship lag:       {lag}");
@@ -754,56 +709,44 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<ExitCode> {
             }
         }
     }
-    if counters.ship_rejected > 0 {
+    if n("ship_rejected") > 0 {
         println!(
             "ship rejected:  {} spool entries the archive cannot take (in quarantine)",
-            counters.ship_rejected
+            n("ship_rejected")
         );
     }
-    if counters.quarantined > 0 {
-        println!("quarantined:    {} corrupt records", counters.quarantined);
+    if n("quarantined") > 0 {
+        println!("quarantined:    {} corrupt records", n("quarantined"));
     }
-    for (name, h) in &services {
-        println!("service {name}: {}", h["state"].as_str().unwrap_or("?"));
+    if let Some(services) = v["services"].as_object() {
+        for (name, h) in services {
+            println!("service {name}: {}", h["state"].as_str().unwrap_or("?"));
+        }
     }
-    for p in progress
-        .iter()
-        .filter(|p| p.done_until.is_some() || p.pass_top.is_some())
+    for p in v["relays"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| !p["done_until"].is_null() || !p["pass_top"].is_null())
     {
-        let state = match (p.done_until, p.pass_frontier) {
+        let state = match (p["done_until"].as_u64(), p["pass_frontier"].as_u64()) {
             (_, Some(f)) => format!("backfilling, at {f}"),
             (Some(d), None) => format!("complete through {d}"),
             _ => "not started".into(),
         };
         println!(
             "  {:<48} {:<28} received {:>9}  new {:>9}  unproven {}",
-            p.url, state, p.events_received, p.events_new, p.unproven_seconds
+            p["url"].as_str().unwrap_or("?"),
+            state,
+            p["events_received"].as_u64().unwrap_or(0),
+            p["events_new"].as_u64().unwrap_or(0),
+            p["unproven_seconds"].as_u64().unwrap_or(0)
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// How `.onion` relays are reached, and (built-in Tor) the status `run` last wrote.
-fn tor_summary(cfg: &Config, stores: &Stores) -> Result<serde_json::Value> {
-    let route = if cfg.network.tor_proxy.is_some() {
-        "proxy"
-    } else if cfg.tor.builtin(&cfg.network) {
-        "builtin"
-    } else {
-        "none"
-    };
-    let status: serde_json::Value = stores
-        .state
-        .get_state("tor", "status")?
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
-    Ok(serde_json::json!({
-        "route": route,
-        "proxy": cfg.network.tor_proxy,
-        "status": if route == "builtin" { status } else { serde_json::Value::Null },
-    }))
-}
-
 fn tor_line(t: &serde_json::Value) -> String {
     match t["route"].as_str() {
         Some("proxy") => format!(

@@ -21,7 +21,7 @@ pub const LIVE_POLL: Duration = Duration::from_millis(250);
 /// until shutdown. Returns when both ended.
 pub async fn serve_store(
     stores: Stores,
-    cfg: ServeConfig,
+    config: Arc<crate::config::Config>,
     listener: Arc<TcpListener>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -29,8 +29,9 @@ pub async fn serve_store(
     let store = stores.events.clone();
     let source: Arc<dyn EventSource> =
         Arc::new(crate::query::local::LocalSource::new(store.clone()));
-    let mut ctx = ServeCtx::new(source, cfg, tx.clone(), shutdown.clone());
+    let mut ctx = ServeCtx::new(source, config.serve.clone(), tx.clone(), shutdown.clone());
     ctx.stores = Some(stores);
+    ctx.config = Some(config);
     let ctx = Arc::new(ctx);
     let mut feed = tokio::spawn(live::run(store, tx, LIVE_POLL, shutdown.clone()));
     // Whichever ends first ends both: a feed that failed would leave subscriptions silent.
@@ -92,6 +93,8 @@ pub struct ServeCtx {
     pub stats: Arc<ServeStats>,
     /// The node's stores, when serving from them (sightings, relays, status, metrics).
     pub stores: Option<Stores>,
+    /// The node's whole configuration (for `/v1/status`).
+    pub config: Option<Arc<crate::config::Config>>,
     nip11: String,
 }
 
@@ -110,6 +113,7 @@ impl ServeCtx {
             shutdown,
             stats: Arc::new(ServeStats::default()),
             stores: None,
+            config: None,
             nip11,
         }
     }
@@ -300,6 +304,7 @@ async fn route(
         }
         (Method::GET, "/v1/events") => json_reply(rest::events(&ctx, req.uri().query()).await),
         (Method::GET, "/v1/count") => json_reply(rest::count(&ctx, req.uri().query()).await),
+        (Method::GET, "/v1/status") => json_reply(rest::status(&ctx).await),
         (Method::GET, "/v1/relays") => json_reply(rest::relays(&ctx, req.uri().query()).await),
         (Method::GET, "/v1/relay") => json_reply(rest::relay(&ctx, req.uri().query()).await),
         (Method::GET, p) if p.starts_with("/v1/events/") => {

@@ -2,6 +2,7 @@
 //! - `GET /v1/events` — events by NIP-01 filter, newest first, with a `next` keyset cursor;
 //! - `GET /v1/events/{id}` — one event with every relay it was seen on, and when;
 //! - `GET /v1/count` — how many events a filter matches;
+//! - `GET /v1/status` — the node's status, as `bigbrotr status --json`;
 //! - `GET /v1/relays[?status=...]` — every registered relay with its health;
 //! - `GET /v1/relay?url=...[&days=7]` — one relay with its NIP-11/NIP-66 history.
 //!
@@ -336,6 +337,28 @@ pub async fn relay(ctx: &ServeCtx, query: Option<&str>) -> Reply {
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the relay registry could not be read; try again",
+            )
+        }
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    }
+}
+
+/// `GET /v1/status`: what `bigbrotr status --json` prints.
+pub async fn status(ctx: &ServeCtx) -> Reply {
+    let (Some(stores), Some(cfg)) = (ctx.stores.clone(), ctx.config.clone()) else {
+        return problem(StatusCode::NOT_FOUND, "no node status for this source");
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        crate::status::node_status(&cfg, &stores, now() as u64)
+    })
+    .await;
+    match found {
+        Ok(Ok(v)) => ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "serve: status");
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the node's state could not be read; try again",
             )
         }
         Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
