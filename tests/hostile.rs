@@ -236,18 +236,14 @@ async fn silent_clamp_and_saturated_second_resolved_by_narrowing_and_count() {
         })
         .collect();
     events.extend(raw_notes(200, &authors, |i| T0 + i as u64 / 4));
-    let relay = HostileRelay::start(
-        events.clone(),
+    synced_completely(
+        &events,
         Options {
             clamp: 100,
             ..Options::default()
         },
     )
     .await;
-    let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&events));
 }
 
 /// A saturated second of one kind: the full answer for the second is already what the kind's
@@ -268,18 +264,14 @@ async fn narrowing_a_one_kind_second_does_not_ask_for_the_same_page_again() {
             )
         })
         .collect();
-    let relay = HostileRelay::start(
-        events.clone(),
+    let (relay, _node) = synced_completely(
+        &events,
         Options {
             clamp: 100,
             ..Options::default()
         },
     )
     .await;
-    let node = fast_node();
-    let out = node.sync_once(&relay.url()).await;
-    assert!(out.status.success(), "{} {}", stderr(&out), stdout(&out));
-    assert_same_ids(&node.exported_ids(), &ids(&events));
     // The first page (100, all in that second), then each author's 80: 580. The first page
     // ends inside that second and holds a whole answer of it, so an exact COUNT (480) shows it
     // saturated at once; a page anchored at it re-sent the same 100 first (680), and asking for
