@@ -1,4 +1,11 @@
-//! Times as people read them (UTC), for the CLI and the status page.
+//! Times as people read them (UTC), for the CLI and the status page, and the clock they read.
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// YYYY-MM-DD of a day number (days since 1970-01-01), proleptic Gregorian.
 pub fn date(day: i64) -> String {

@@ -22,6 +22,7 @@ use crate::services::sync::{self, Mode, SyncContext, SyncStats};
 use crate::services::{finder, seeder};
 use crate::shutdown::Shutdown;
 use crate::store::Stores;
+use crate::timefmt::now_secs;
 
 #[derive(Parser)]
 #[command(
@@ -765,10 +766,4 @@ fn tor_line(t: &serde_json::Value) -> String {
         },
         _ => "off (onion relays are skipped; see [tor] and network.tor_proxy)".into(),
     }
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

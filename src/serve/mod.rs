@@ -281,12 +281,14 @@ async fn route(
                 return response(StatusCode::OK, "text/html; charset=utf-8", landing(&ctx));
             };
             let name = ctx.cfg.name.clone();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            match tokio::task::spawn_blocking(move || page::render(&stores, &name, now)).await {
+            let now = crate::timefmt::now_secs();
+            match rest::blocking("status page", move || {
+                Ok::<_, std::convert::Infallible>(page::render(&stores, &name, now))
+            })
+            .await
+            {
                 Ok(html) => response(StatusCode::OK, "text/html; charset=utf-8", html),
-                Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+                Err(r) => json_reply(r),
             }
         }
         (Method::GET, "/metrics") => {
@@ -294,12 +296,14 @@ async fn route(
                 return problem(StatusCode::NOT_FOUND, "no metrics for this source");
             };
             let stats = ctx.stats.clone();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            match tokio::task::spawn_blocking(move || metrics::render(&stores, &stats, now)).await {
+            let now = crate::timefmt::now_secs();
+            match rest::blocking("metrics", move || {
+                Ok::<_, std::convert::Infallible>(metrics::render(&stores, &stats, now))
+            })
+            .await
+            {
                 Ok(text) => response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
-                Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+                Err(r) => json_reply(r),
             }
         }
         (Method::GET, "/v1/events") => json_reply(rest::events(&ctx, req.uri().query()).await),

@@ -214,7 +214,7 @@ pub async fn event(ctx: &ServeCtx, id: &str) -> Reply {
             "sightings are not available from this source",
         );
     };
-    let found = tokio::task::spawn_blocking(move || {
+    let found = blocking("event", move || {
         let ev = stores.events.get(&raw)?;
         let seen = stores.events.sightings(&raw)?;
         let urls = stores.events.bound_relays();
@@ -222,9 +222,8 @@ pub async fn event(ctx: &ServeCtx, id: &str) -> Reply {
     })
     .await;
     let (ev, seen, urls) = match found {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return query_problem(&QueryError::Store(e)),
-        Err(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let Some(ev) = ev else {
         let detail = if seen.is_empty() {
@@ -247,9 +246,30 @@ pub async fn event(ctx: &ServeCtx, id: &str) -> Reply {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    crate::timefmt::now_secs() as i64
+}
+
+/// Run a blocking read of the stores off the async workers. A failure is logged and answered
+/// `500`; a task that could not finish (shutdown) `503`.
+pub async fn blocking<T, E>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Reply>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, what, "serve: reading the stores failed");
+            Err(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the node's {what} could not be read; try again"),
+            ))
+        }
+        Err(_) => Err(problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
+    }
 }
 
 /// `GET /v1/relays[?status=online]`: every registered relay with its health (status, last
@@ -268,23 +288,19 @@ pub async fn relays(ctx: &ServeCtx, query: Option<&str>) -> Reply {
             "relays are not available from this source",
         );
     };
-    let rows = tokio::task::spawn_blocking(move || stores.state.health(now() - 7 * 86_400)).await;
-    match rows {
-        Ok(Ok(rows)) => {
+    match blocking("relay registry", move || {
+        stores.state.health(now() - 7 * 86_400)
+    })
+    .await
+    {
+        Ok(rows) => {
             let rows: Vec<_> = rows
                 .into_iter()
                 .filter(|h| status.as_deref().is_none_or(|s| h.status == s))
                 .collect();
             ok(json!({ "relays": rows }))
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "serve: relays");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the relay registry could not be read; try again",
-            )
-        }
-        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Err(r) => r,
     }
 }
 
@@ -324,22 +340,17 @@ pub async fn relay(ctx: &ServeCtx, query: Option<&str>) -> Reply {
         );
     };
     let n = norm.clone();
-    let found =
-        tokio::task::spawn_blocking(move || stores.state.relay_detail(&n, days, now())).await;
-    match found {
-        Ok(Ok(Some(v))) => ok(v),
-        Ok(Ok(None)) => problem(
+    match blocking("relay registry", move || {
+        stores.state.relay_detail(&n, days, now())
+    })
+    .await
+    {
+        Ok(Some(v)) => ok(v),
+        Ok(None) => problem(
             StatusCode::NOT_FOUND,
             format!("{norm} is not registered on this node"),
         ),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "serve: relay");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the relay registry could not be read; try again",
-            )
-        }
-        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Err(r) => r,
     }
 }
 
@@ -348,19 +359,12 @@ pub async fn status(ctx: &ServeCtx) -> Reply {
     let (Some(stores), Some(cfg)) = (ctx.stores.clone(), ctx.config.clone()) else {
         return problem(StatusCode::NOT_FOUND, "no node status for this source");
     };
-    let found = tokio::task::spawn_blocking(move || {
+    let found = blocking("state", move || {
         crate::status::node_status(&cfg, &stores, now() as u64)
     })
     .await;
     match found {
-        Ok(Ok(v)) => ok(v),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "serve: status");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the node's state could not be read; try again",
-            )
-        }
-        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        Ok(v) => ok(v),
+        Err(r) => r,
     }
 }
