@@ -33,27 +33,21 @@ impl Histogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn write(&self, out: &mut String, name: &str, help: &str, label: &str) {
+    fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{{label}le=\"{b}\"}} {}",
+                "{name}_bucket{{le=\"{b}\"}} {}",
                 self.buckets[i].load(Ordering::Relaxed)
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{label}le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let trimmed = label.trim_end_matches(',');
-        let braces = if trimmed.is_empty() {
-            String::new()
-        } else {
-            format!("{{{trimmed}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
@@ -301,8 +295,7 @@ pub fn render(stores: &Stores, serve: &ServeStats, now: u64) -> String {
     serve.query_seconds.write(
         &mut out,
         "bigbrotr_serve_query_seconds",
-        "Time to answer a query (REQ to EOSE, COUNT).",
-        "",
+        "Time to answer a query (REQ to EOSE, COUNT, REST).",
     );
     out
 }

@@ -75,41 +75,62 @@ pub fn push_tag_value(out: &mut Vec<u8>, value: &str) {
 /// Index key prefixes (everything before created_at + id) for one filter field value.
 pub struct Prefix;
 
+/// The key layouts, each appended to a buffer: the one place they are spelled out, shared by
+/// the writes ([`for_each_key`], one reused buffer per event) and the scans ([`Prefix`]).
+fn push_author(k: &mut Vec<u8>, pubkey: &[u8; 32]) {
+    k.push(P_AUTHOR);
+    k.extend_from_slice(pubkey);
+}
+
+fn push_kind(k: &mut Vec<u8>, kind: u16) {
+    k.push(P_KIND);
+    k.extend_from_slice(&kind.to_be_bytes());
+}
+
+fn push_author_kind(k: &mut Vec<u8>, pubkey: &[u8; 32], kind: u16) {
+    k.push(P_AUTHOR_KIND);
+    k.extend_from_slice(pubkey);
+    k.extend_from_slice(&kind.to_be_bytes());
+}
+
+fn push_tag(k: &mut Vec<u8>, letter: u8, value: &str) {
+    k.push(P_TAG);
+    k.push(letter);
+    push_tag_value(k, value);
+}
+
+fn push_address(k: &mut Vec<u8>, pubkey: &[u8; 32], kind: u16, d: &str) {
+    k.push(P_ADDRESS);
+    k.extend_from_slice(pubkey);
+    k.extend_from_slice(&kind.to_be_bytes());
+    push_tag_value(k, d);
+}
+
+fn built(capacity: usize, push: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut k = Vec::with_capacity(capacity);
+    push(&mut k);
+    k
+}
+
 impl Prefix {
     pub fn author(pubkey: &[u8; 32]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(33);
-        k.push(P_AUTHOR);
-        k.extend_from_slice(pubkey);
-        k
+        built(33, |k| push_author(k, pubkey))
     }
 
     pub fn kind(kind: u16) -> Vec<u8> {
-        let mut k = vec![P_KIND];
-        k.extend_from_slice(&kind.to_be_bytes());
-        k
+        built(3, |k| push_kind(k, kind))
     }
 
     pub fn author_kind(pubkey: &[u8; 32], kind: u16) -> Vec<u8> {
-        let mut k = Vec::with_capacity(35);
-        k.push(P_AUTHOR_KIND);
-        k.extend_from_slice(pubkey);
-        k.extend_from_slice(&kind.to_be_bytes());
-        k
+        built(35, |k| push_author_kind(k, pubkey, kind))
     }
 
     pub fn tag(letter: u8, value: &str) -> Vec<u8> {
-        let mut k = vec![P_TAG, letter];
-        push_tag_value(&mut k, value);
-        k
+        built(36, |k| push_tag(k, letter, value))
     }
 
     fn address(pubkey: &[u8; 32], kind: u16, d: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(70);
-        k.push(P_ADDRESS);
-        k.extend_from_slice(pubkey);
-        k.extend_from_slice(&kind.to_be_bytes());
-        push_tag_value(&mut k, d);
-        k
+        built(70, |k| push_address(k, pubkey, kind, d))
     }
 
     /// Where the versions of a replaceable or addressable event are indexed; `None` for the
@@ -146,21 +167,14 @@ pub(super) fn for_each_key(ev: &Event, mut visit: impl FnMut(&[u8])) {
         visit(key);
         key.clear();
     };
-    key.push(P_AUTHOR);
-    key.extend_from_slice(&ev.pubkey);
+    push_author(&mut key, &ev.pubkey);
     emit(&mut key, &mut visit);
-    key.push(P_KIND);
-    key.extend_from_slice(&ev.kind.to_be_bytes());
+    push_kind(&mut key, ev.kind);
     emit(&mut key, &mut visit);
-    key.push(P_AUTHOR_KIND);
-    key.extend_from_slice(&ev.pubkey);
-    key.extend_from_slice(&ev.kind.to_be_bytes());
+    push_author_kind(&mut key, &ev.pubkey, ev.kind);
     emit(&mut key, &mut visit);
     if is_addressable(ev.kind) {
-        key.push(P_ADDRESS);
-        key.extend_from_slice(&ev.pubkey);
-        key.extend_from_slice(&ev.kind.to_be_bytes());
-        push_tag_value(&mut key, d_tag(ev));
+        push_address(&mut key, &ev.pubkey, ev.kind, d_tag(ev));
         emit(&mut key, &mut visit);
     }
     let mut tags: Vec<(u8, &str)> = ev
@@ -178,9 +192,7 @@ pub(super) fn for_each_key(ev: &Event, mut visit: impl FnMut(&[u8])) {
         tags.dedup();
     }
     for (letter, value) in tags {
-        key.push(P_TAG);
-        key.push(letter);
-        push_tag_value(&mut key, value);
+        push_tag(&mut key, letter, value);
         emit(&mut key, &mut visit);
     }
 }
