@@ -488,6 +488,20 @@ pub struct ServeConfig {
     pub description: String,
     /// Operator contact in the NIP-11 document (default: none).
     pub contact: Option<String>,
+    /// Tokens each client address earns per minute; requests spend them (1 for a lookup by id,
+    /// 2 for a query, 5 for statistics, 20 for an export). 0 turns rate limits off
+    /// (default: 1200).
+    pub rate_limit_per_minute: u64,
+    /// Tokens a client address can save up: its largest burst (default: 600).
+    pub rate_limit_burst: u64,
+    /// File of API keys, one per line, that lift the rate limits (`Authorization: Bearer`).
+    /// Keys may also come from `BIGBROTR_API_KEYS`; never from config.toml (default: none).
+    pub api_keys_file: Option<PathBuf>,
+    /// Public keys (hex) whose NIP-98 `Authorization: Nostr` lifts the rate limits
+    /// (default: none).
+    pub trusted_pubkeys: Vec<String>,
+    /// Streaming exports (`/v1/export`) running at once; more are answered 503 (default: 32).
+    pub max_exports: usize,
 }
 
 impl Default for ServeConfig {
@@ -511,6 +525,11 @@ impl Default for ServeConfig {
             name: "BigBrotr archive".into(),
             description: "A read-only archive of Nostr events, kept by a BigBrotr node.".into(),
             contact: None,
+            rate_limit_per_minute: 1200,
+            rate_limit_burst: 600,
+            api_keys_file: None,
+            trusted_pubkeys: Vec::new(),
+            max_exports: 32,
         }
     }
 }
@@ -549,9 +568,19 @@ impl ServeConfig {
             ("serve.write_timeout_secs", self.write_timeout_secs),
             ("serve.max_message_kb", self.max_message_kb as u64),
             ("serve.header_timeout_secs", self.header_timeout_secs),
+            ("serve.rate_limit_burst", self.rate_limit_burst),
+            ("serve.max_exports", self.max_exports as u64),
         ] {
             if v == 0 {
                 return Err((key, "must be at least 1".into()));
+            }
+        }
+        for (i, pk) in self.trusted_pubkeys.iter().enumerate() {
+            if crate::protocol::event::decode_hex::<32>(pk).is_none() {
+                return Err((
+                    "serve.trusted_pubkeys",
+                    format!("entry {i} ({pk:?}) is not a public key: give 64 lowercase hex characters (not an npub)"),
+                ));
             }
         }
         if self.default_limit > self.max_limit {
@@ -931,6 +960,11 @@ impl Config {
             m.geoip_city_file.as_deref().map(|p| self.resolve(p)),
             m.geoip_asn_file.as_deref().map(|p| self.resolve(p)),
         )
+    }
+
+    /// `serve.api_keys_file`, resolved like every path here.
+    pub fn serve_api_keys_file(&self) -> Option<PathBuf> {
+        self.serve.api_keys_file.as_deref().map(|p| self.resolve(p))
     }
 
     pub fn upstream_ca_file(&self) -> Option<PathBuf> {

@@ -292,6 +292,34 @@ pub fn render(stores: &Stores, serve: &ServeStats, now: u64) -> String {
         "Clients disconnected for not reading.",
         &[("", l(&serve.slow_disconnects))],
     );
+    metric(
+        &mut out,
+        "bigbrotr_serve_rate_limited_total",
+        "counter",
+        "Requests and websocket messages refused by the per-address rate limits.",
+        &[("", l(&serve.rate_limited))],
+    );
+    metric(
+        &mut out,
+        "bigbrotr_serve_unauthorized_total",
+        "counter",
+        "Requests with a wrong API key or NIP-98 event (401).",
+        &[("", l(&serve.unauthorized))],
+    );
+    metric(
+        &mut out,
+        "bigbrotr_serve_exports_total",
+        "counter",
+        "Streaming exports started.",
+        &[("", l(&serve.exports))],
+    );
+    metric(
+        &mut out,
+        "bigbrotr_serve_exported_events_total",
+        "counter",
+        "Events sent by streaming exports.",
+        &[("", l(&serve.exported))],
+    );
     serve.query_seconds.write(
         &mut out,
         "bigbrotr_serve_query_seconds",

@@ -8,8 +8,10 @@
 //! Every connection counts against `serve.max_connections`; request headers must arrive within
 //! `serve.header_timeout_secs`.
 
+pub mod access;
 pub mod live;
 pub mod metrics;
+pub mod openapi;
 pub mod page;
 pub mod relay;
 pub mod rest;
@@ -30,6 +32,12 @@ pub async fn serve_store(
     let source: Arc<dyn EventSource> =
         Arc::new(crate::query::local::LocalSource::new(store.clone()));
     let mut ctx = ServeCtx::new(source, config.serve.clone(), tx.clone(), shutdown.clone());
+    let keys_env = std::env::var(access::KEYS_ENV).ok();
+    let keys = access::read_keys(config.serve_api_keys_file().as_deref(), keys_env.as_deref())?;
+    ctx.access = access::Access::new(&config.serve, keys);
+    if ctx.access.key_count() > 0 {
+        tracing::info!(keys = ctx.access.key_count(), "serve: API keys loaded");
+    }
     ctx.stores = Some(stores);
     ctx.config = Some(config);
     let ctx = Arc::new(ctx);
@@ -51,17 +59,18 @@ pub async fn serve_store(
 }
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ACCEPT, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::ServeConfig;
@@ -80,6 +89,13 @@ pub struct ServeStats {
     pub events_sent: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub http_requests: AtomicU64,
+    /// Requests and messages refused by the rate limits.
+    pub rate_limited: AtomicU64,
+    /// Requests with a wrong credential (401).
+    pub unauthorized: AtomicU64,
+    /// Exports started, and events they sent.
+    pub exports: AtomicU64,
+    pub exported: AtomicU64,
     /// Time to answer a query (REQ to EOSE, COUNT, REST).
     pub query_seconds: metrics::Histogram,
 }
@@ -95,7 +111,12 @@ pub struct ServeCtx {
     pub stores: Option<Stores>,
     /// The node's whole configuration (for `/v1/status`).
     pub config: Option<Arc<crate::config::Config>>,
+    /// API keys, trusted pubkeys and rate limits.
+    pub access: access::Access,
+    /// Slots of `serve.max_exports`.
+    pub exports: Arc<Semaphore>,
     nip11: String,
+    openapi: String,
 }
 
 impl ServeCtx {
@@ -106,15 +127,20 @@ impl ServeCtx {
         shutdown: Shutdown,
     ) -> ServeCtx {
         let nip11 = nip11_document(&cfg);
+        let openapi = openapi::document(&cfg.name).to_string();
+        let access = access::Access::new(&cfg, Vec::new());
         ServeCtx {
             source,
+            exports: Arc::new(Semaphore::new(cfg.max_exports)),
             cfg,
             live,
             shutdown,
             stats: Arc::new(ServeStats::default()),
             stores: None,
             config: None,
+            access,
             nip11,
+            openapi,
         }
     }
 }
@@ -209,10 +235,89 @@ async fn connection(
     }
 }
 
-type Body = Full<Bytes>;
+/// What a response body may fail with (an aborted export).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response's body: whole, or streamed ([`ChannelBody`]).
+pub type Body = BoxBody<Bytes, BodyError>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A streamed body fed by a task through a bounded channel ([`Feed`]). When the feed is
+/// aborted the body ends with an error, so the connection is cut instead of ending the
+/// response cleanly: a client never mistakes a partial answer for a whole one.
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+    aborted: Arc<AtomicBool>,
+}
+
+/// The sending side of a [`ChannelBody`].
+pub struct Feed {
+    tx: mpsc::Sender<Bytes>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl ChannelBody {
+    /// A body holding at most `chunks` chunks not yet written to the socket.
+    pub fn new(chunks: usize) -> (ChannelBody, Feed) {
+        let (tx, rx) = mpsc::channel(chunks);
+        let aborted = Arc::new(AtomicBool::new(false));
+        (
+            ChannelBody {
+                rx,
+                aborted: aborted.clone(),
+            },
+            Feed { tx, aborted },
+        )
+    }
+}
+
+impl Feed {
+    /// Queue a chunk; false (and the body aborted) when the client has not made room within
+    /// `stall`, or is gone.
+    pub async fn send(&self, chunk: Vec<u8>, stall: Duration) -> bool {
+        let sent = matches!(
+            tokio::time::timeout(stall, self.tx.send(Bytes::from(chunk))).await,
+            Ok(Ok(()))
+        );
+        if !sent {
+            self.abort();
+        }
+        sent
+    }
+
+    /// End the body with an error.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+    }
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(b)) => {
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b))))
+            }
+            std::task::Poll::Ready(None) if self.aborted.load(Ordering::Acquire) => {
+                std::task::Poll::Ready(Some(Err("the export was aborted".into())))
+            }
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
 
 fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -233,7 +338,12 @@ fn json_reply(r: rest::Reply) -> Response<Body> {
     } else {
         "application/problem+json"
     };
-    cors(response(r.status, ct, r.body.to_string()))
+    let mut resp = cors(response(r.status, ct, r.body.to_string()));
+    if let Some(secs) = r.retry_after {
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 fn header_has(req: &Request<Incoming>, name: hyper::header::HeaderName, token: &str) -> bool {
@@ -260,28 +370,82 @@ fn cors(mut r: Response<Body>) -> Response<Body> {
 async fn route(
     ctx: Arc<ServeCtx>,
     mut req: Request<Incoming>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response<Body> {
     ctx.stats.http_requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/") if header_has(&req, UPGRADE, "websocket") => upgrade(ctx, &mut req, permit),
-        (Method::GET, "/") if header_has(&req, ACCEPT, "application/nostr+json") => {
-            cors(response(StatusCode::OK, "application/nostr+json", ctx.nip11.clone()))
+    match *req.method() {
+        Method::GET => {}
+        Method::OPTIONS => return cors(response(StatusCode::NO_CONTENT, "text/plain", "")),
+        ref m => {
+            let mut r = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{m} is not served here: this is a read-only archive"),
+            );
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                HeaderValue::from_static("GET, OPTIONS"),
+            );
+            return r;
         }
-        (Method::OPTIONS, _) => cors(response(StatusCode::NO_CONTENT, "text/plain", "")),
-        (Method::GET, "/health") => response(
+    }
+    let Some(found) = openapi::find(&path) else {
+        let routes: Vec<&str> = openapi::ROUTES.iter().map(|r| r.path).collect();
+        return cors(problem(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no route {path}; routes: {} (see /v1/docs)",
+                routes.join(", ")
+            ),
+        ));
+    };
+    let now = crate::timefmt::now_secs();
+    let caller = match ctx
+        .access
+        .identify(req.headers(), req.method(), req.uri(), now)
+    {
+        Ok(c) => c,
+        Err(detail) => {
+            ctx.stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+            let mut r = cors(problem(StatusCode::UNAUTHORIZED, &detail));
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer, Nostr"),
+            );
+            return r;
+        }
+    };
+    let websocket = path == "/" && header_has(&req, UPGRADE, "websocket");
+    let nip11 = path == "/" && header_has(&req, ACCEPT, "application/nostr+json");
+    let cost = if websocket || nip11 {
+        access::Cost::Light
+    } else {
+        found.cost
+    };
+    if let Err(wait) = ctx.access.charge(&caller, peer.ip(), cost) {
+        ctx.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let mut r = rest::problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests from your address; try again in {wait} s (serve.rate_limit_per_minute; an API key lifts the limit)"),
+        );
+        r.retry_after = Some(wait);
+        return json_reply(r);
+    }
+    let query = req.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    match found.id {
+        "root" if websocket => upgrade(ctx, &mut req, permit, caller, peer),
+        "root" if nip11 => cors(response(
             StatusCode::OK,
-            "application/json",
-            serde_json::json!({"status": "ok", "connections": ctx.stats.connections.load(Ordering::Relaxed)}).to_string(),
-        ),
-        (Method::GET, "/") => {
+            "application/nostr+json",
+            ctx.nip11.clone(),
+        )),
+        "root" => {
             let Some(stores) = ctx.stores.clone() else {
                 return response(StatusCode::OK, "text/html; charset=utf-8", landing(&ctx));
             };
             let name = ctx.cfg.name.clone();
-            let now = crate::timefmt::now_secs();
             match rest::blocking("status page", move || {
                 Ok::<_, std::convert::Infallible>(page::render(&stores, &name, now))
             })
@@ -291,31 +455,61 @@ async fn route(
                 Err(r) => json_reply(r),
             }
         }
-        (Method::GET, "/metrics") => {
+        "health" => cors(response(
+            StatusCode::OK,
+            "application/json",
+            serde_json::json!({"status": "ok", "connections": ctx.stats.connections.load(Ordering::Relaxed)}).to_string(),
+        )),
+        "metrics" => {
             let Some(stores) = ctx.stores.clone() else {
                 return problem(StatusCode::NOT_FOUND, "no metrics for this source");
             };
             let stats = ctx.stats.clone();
-            let now = crate::timefmt::now_secs();
             match rest::blocking("metrics", move || {
                 Ok::<_, std::convert::Infallible>(metrics::render(&stores, &stats, now))
             })
             .await
             {
-                Ok(text) => response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text),
+                Ok(text) => response(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    text,
+                ),
                 Err(r) => json_reply(r),
             }
         }
-        (Method::GET, "/v1/events") => json_reply(rest::events(&ctx, req.uri().query()).await),
-        (Method::GET, "/v1/count") => json_reply(rest::count(&ctx, req.uri().query()).await),
-        (Method::GET, "/v1/status") => json_reply(rest::status(&ctx).await),
-        (Method::GET, "/v1/relays") => json_reply(rest::relays(&ctx, req.uri().query()).await),
-        (Method::GET, "/v1/relay") => json_reply(rest::relay(&ctx, req.uri().query()).await),
-        (Method::GET, p) if p.starts_with("/v1/events/") => {
-            json_reply(rest::event(&ctx, &p["/v1/events/".len()..]).await)
+        "events" => json_reply(rest::events(&ctx, query).await),
+        "event" => json_reply(rest::event(&ctx, &path["/v1/events/".len()..]).await),
+        "count" => json_reply(rest::count(&ctx, query).await),
+        "export" => match rest::export(&ctx, query).await {
+            Ok(body) => {
+                let mut r = Response::new(BodyExt::boxed(body));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-ndjson"),
+                );
+                cors(r)
+            }
+            Err(r) => json_reply(r),
+        },
+        "stats" => json_reply(rest::stats(&ctx, query).await),
+        "status" => json_reply(rest::status(&ctx).await),
+        "relays" => json_reply(rest::relays(&ctx, query).await),
+        "relay" => json_reply(rest::relay(&ctx, query).await),
+        "openapi" => cors(response(
+            StatusCode::OK,
+            "application/json",
+            ctx.openapi.clone(),
+        )),
+        "docs" => response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            openapi::docs_page(&ctx.cfg.name),
+        ),
+        other => {
+            tracing::error!(route = other, "serve: a route in the table has no handler");
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "this route has no handler")
         }
-        (Method::GET, _) => problem(StatusCode::NOT_FOUND, &format!("no route {path}; routes: / (relay, NIP-11, page), /health, /metrics, /v1/events, /v1/events/{{id}}, /v1/count")),
-        (m, _) => problem(StatusCode::METHOD_NOT_ALLOWED, &format!("{m} is not served here: this is a read-only archive")),
     }
 }
 
@@ -338,6 +532,8 @@ fn upgrade(
     ctx: Arc<ServeCtx>,
     req: &mut Request<Incoming>,
     permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    caller: access::Caller,
+    peer: SocketAddr,
 ) -> Response<Body> {
     let Some(key) = req
         .headers()
@@ -372,9 +568,9 @@ fn upgrade(
             Some(config),
         )
         .await;
-        relay::session(ws, ctx).await;
+        relay::session(ws, ctx, caller, peer.ip()).await;
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));

@@ -8,6 +8,8 @@ use crate::store::Stores;
 
 /// Relays listed on the page; the rest are counted.
 const MAX_ROWS: usize = 300;
+/// Days shown in "events per day".
+const DAYS: u32 = 14;
 /// Seconds between the page's own reloads.
 const REFRESH_SECS: u32 = 30;
 
@@ -16,7 +18,7 @@ h1{font-size:1.4rem;margin:.8rem 0 .2rem}h2{font-size:1.1rem;margin:1.2rem 0 .4r
 .cards{display:flex;flex-wrap:wrap;gap:.5rem}.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.4rem .7rem;min-width:9rem}\
 .card b{display:block;font-size:1.2rem}.wrap{overflow-x:auto}table{border-collapse:collapse;width:100%;background:#fff}\
 th,td{border-bottom:1px solid #eee;padding:.25rem .45rem;text-align:left;white-space:nowrap}td.url{white-space:normal;word-break:break-all}\
-.online{color:#176b2c}.offline{color:#a11}.unknown,.muted{color:#777}@media(max-width:600px){.hide-s{display:none}}";
+.bar{display:inline-block;height:.7rem;background:#4a7bd0;min-width:1px}#per-day td:last-child{width:50%}.online{color:#176b2c}.offline{color:#a11}.unknown,.muted{color:#777}@media(max-width:600px){.hide-s{display:none}}";
 
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -153,6 +155,29 @@ pub fn render(stores: &Stores, name: &str, now: u64) -> String {
             rows.len() - MAX_ROWS
         );
     }
+
+    // Events per day of created_at, the last DAYS days, as bars scaled to the busiest.
+    let today = (now / 86_400) as u32;
+    let per_day = stores
+        .events
+        .event_stats(today.saturating_sub(DAYS - 1), today)
+        .map(|s| s.days)
+        .unwrap_or_default();
+    let busiest = per_day.iter().map(|d| d.1).max().unwrap_or(0).max(1);
+    let _ = write!(
+        out,
+        "<h2>Events per day</h2><div class=\"wrap\"><table id=\"per-day\"><thead><tr><th>day (UTC, created_at)</th><th>events</th><th class=\"hide-s\"></th></tr></thead><tbody>"
+    );
+    for day in (today.saturating_sub(DAYS - 1)..=today).rev() {
+        let n = per_day.iter().find(|d| d.0 == day).map_or(0, |d| d.1);
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{n}</td><td class=\"hide-s\"><span class=\"bar\" style=\"width:{}%\"></span></td></tr>",
+            crate::timefmt::date(i64::from(day)),
+            n * 100 / busiest
+        );
+    }
+    out.push_str("</tbody></table></div>");
 
     let progress = stores.state.progress().unwrap_or_default();
     let _ = write!(

@@ -8,6 +8,7 @@
 //! so a client that sends without reading its answers stops being read.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::access::{Caller, Cost};
 use super::live::LiveEvent;
 use super::ServeCtx;
 use crate::protocol::Filter;
@@ -183,7 +185,9 @@ fn sub_id(v: Option<&Value>) -> Result<String, String> {
 }
 
 /// Serve one websocket connection until either side closes it or the node shuts down.
-pub async fn session<S>(ws: S, ctx: Arc<ServeCtx>)
+/// Serve one websocket connection from `peer`, whose credentials (on the upgrade request) made
+/// it `caller`: every REQ, COUNT and NEG-OPEN is charged to its rate limit.
+pub async fn session<S>(ws: S, ctx: Arc<ServeCtx>, caller: Caller, peer: IpAddr)
 where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Sink<Message> + Send + Unpin + 'static,
 {
@@ -234,7 +238,7 @@ where
                     Some(Ok(_)) => continue,
                 };
                 ctx.stats.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut conn = Conn { subs: &mut subs, negs: &mut negs, generation: &mut generation, done_tx: &done_tx, counts: &counts };
+                let mut conn = Conn { subs: &mut subs, negs: &mut negs, generation: &mut generation, done_tx: &done_tx, counts: &counts, caller: &caller, peer };
                 let keep = handle(&ctx, &out, text.as_str(), &mut conn).await;
                 if !keep {
                     break;
@@ -343,6 +347,19 @@ struct Conn<'a> {
     generation: &'a mut u64,
     done_tx: &'a mpsc::UnboundedSender<Done>,
     counts: &'a Arc<Semaphore>,
+    caller: &'a Caller,
+    peer: IpAddr,
+}
+
+/// Charge a message to the connection's rate limit: the refusal's reason when it is spent.
+fn over_limit(ctx: &ServeCtx, caller: &Caller, peer: IpAddr, cost: Cost) -> Option<String> {
+    let wait = ctx.access.charge(caller, peer, cost).err()?;
+    ctx.stats
+        .rate_limited
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(format!(
+        "rate-limited: too many requests from your address; try again in {wait} s (serve.rate_limit_per_minute)"
+    ))
 }
 
 fn neg_err(sub: &str, why: &str) -> String {
@@ -405,7 +422,10 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
         generation,
         done_tx,
         counts,
+        caller,
+        peer,
     } = conn;
+    let (caller, peer) = (*caller, *peer);
     let msg: Vec<Value> = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -424,6 +444,9 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 Ok(s) => s,
                 Err(e) => return out.send(notice_frame(&e)).await,
             };
+            if let Some(why) = over_limit(ctx, caller, peer, Cost::Light) {
+                return out.send(closed_frame(&sub, &why)).await;
+            }
             let filters = match parse_filters(ctx, &msg[2..], false) {
                 Ok(f) => f,
                 Err(e) => return out.send(closed_frame(&sub, &e)).await,
@@ -445,7 +468,9 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                     ))
                     .await;
             }
-            ctx.stats.reqs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats
+                .reqs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             **generation += 1;
             let g = **generation;
             let matchers = filters.iter().map(Matcher::new).collect();
@@ -454,7 +479,14 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 deadline: Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms)),
                 ..Query::default()
             };
-            let task = tokio::spawn(history(ctx.clone(), out.clone(), sub.clone(), g, q, (*done_tx).clone()));
+            let task = tokio::spawn(history(
+                ctx.clone(),
+                out.clone(),
+                sub.clone(),
+                g,
+                q,
+                (*done_tx).clone(),
+            ));
             subs.insert(
                 sub,
                 Sub {
@@ -484,22 +516,32 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 Ok(s) => s,
                 Err(e) => return out.send(notice_frame(&e)).await,
             };
+            if let Some(why) = over_limit(ctx, caller, peer, Cost::Light) {
+                return out.send(closed_frame(&sub, &why)).await;
+            }
             let filters = match parse_filters(ctx, &msg[2..], true) {
                 Ok(f) => f,
                 Err(e) => return out.send(closed_frame(&sub, &e)).await,
             };
             let Ok(permit) = Arc::clone(counts).try_acquire_owned() else {
                 return out
-                    .send(closed_frame(&sub, "blocked: too many queries at once on this connection; wait for an answer"))
+                    .send(closed_frame(
+                        &sub,
+                        "blocked: too many queries at once on this connection; wait for an answer",
+                    ))
                     .await;
             };
-            ctx.stats.counts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats
+                .counts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (ctx, out) = (ctx.clone(), out.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let q = Query {
                     filters,
-                    deadline: Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms)),
+                    deadline: Some(
+                        Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms),
+                    ),
                     ..Query::default()
                 };
                 let frame = if q.filters.is_empty() {
@@ -518,6 +560,9 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
             true
         }
         "EVENT" => {
+            if let Some(why) = over_limit(ctx, caller, peer, Cost::Light) {
+                return out.send(notice_frame(&why)).await;
+            }
             let id = msg
                 .get(1)
                 .and_then(|e| e.get("id"))
@@ -534,7 +579,10 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 None => out.send(notice_frame("invalid: EVENT without an event object with an id; this relay is a read-only archive anyway")).await,
             }
         }
-        "AUTH" => out.send(notice_frame("unsupported: this relay needs no AUTH")).await,
+        "AUTH" => {
+            out.send(notice_frame("unsupported: this relay needs no AUTH"))
+                .await
+        }
         "NEG-OPEN" => {
             let sub = match sub_id(msg.get(1)) {
                 Ok(s) => s,
@@ -542,6 +590,9 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
             };
             // NIP-77: a NEG-OPEN with an open id replaces it.
             negs.remove(&sub);
+            if let Some(why) = over_limit(ctx, caller, peer, Cost::Heavy) {
+                return out.send(neg_err(&sub, &why)).await;
+            }
             if subs.len() + negs.len() >= ctx.cfg.max_subscriptions {
                 let why = format!(
                     "blocked: at most {} subscriptions and reconciliations open per connection (serve.max_subscriptions)",
@@ -549,7 +600,9 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 );
                 return out.send(neg_err(&sub, &why)).await;
             }
-            ctx.stats.negs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.stats
+                .negs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match neg_open(ctx, &msg, &sub).await {
                 Ok((neg, reply)) => {
                     negs.insert(sub.clone(), neg);
@@ -564,14 +617,22 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
                 Err(e) => return out.send(notice_frame(&e)).await,
             };
             let Some(neg) = negs.get_mut(&sub) else {
-                return out.send(neg_err(&sub, "closed: no open reconciliation with this id; send NEG-OPEN first")).await;
+                return out
+                    .send(neg_err(
+                        &sub,
+                        "closed: no open reconciliation with this id; send NEG-OPEN first",
+                    ))
+                    .await;
             };
             let step = msg
                 .get(2)
                 .and_then(Value::as_str)
                 .and_then(|h| hex::decode(h).ok())
                 .ok_or_else(|| "invalid: NEG-MSG needs a hex message".to_string())
-                .and_then(|m| neg.reconcile(&m).map_err(|e| format!("invalid: negentropy message: {e}")));
+                .and_then(|m| {
+                    neg.reconcile(&m)
+                        .map_err(|e| format!("invalid: negentropy message: {e}"))
+                });
             match step {
                 Ok(reply) => out.send(neg_msg(&sub, &reply)).await,
                 Err(why) => {
@@ -587,6 +648,9 @@ async fn handle(ctx: &Arc<ServeCtx>, out: &Outbox, text: &str, conn: &mut Conn<'
             true
         }
         other => {
+            if let Some(why) = over_limit(ctx, caller, peer, Cost::Light) {
+                return out.send(notice_frame(&why)).await;
+            }
             out.send(notice_frame(&format!(
                 "invalid: unknown message type {}; this relay answers REQ, CLOSE, COUNT, NEG-OPEN/MSG/CLOSE (EVENT is refused)",
                 quote(other)

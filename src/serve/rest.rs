@@ -10,6 +10,8 @@
 //! `since`, `until`, `limit`; tags as `#e=...`, URL-encoded `%23e=...`, or `tag.e=...`), or whole
 //! as `filter={...}` (NIP-01 JSON). `after=<cursor>` continues after the `next` of a page.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
@@ -24,12 +26,15 @@ use crate::query::{Position, Query, QueryError};
 pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
+    /// `Retry-After` seconds (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 fn ok(body: Value) -> Reply {
     Reply {
         status: StatusCode::OK,
         body,
+        retry_after: None,
     }
 }
 
@@ -42,10 +47,11 @@ pub fn problem_body(status: StatusCode, detail: &str) -> Value {
     })
 }
 
-fn problem(status: StatusCode, detail: impl Into<String>) -> Reply {
+pub fn problem(status: StatusCode, detail: impl Into<String>) -> Reply {
     Reply {
         status,
         body: problem_body(status, &detail.into()),
+        retry_after: None,
     }
 }
 
@@ -67,29 +73,57 @@ fn query_problem(e: &QueryError) -> Reply {
     }
 }
 
-/// The filter and cursor of a request's query string.
-fn parse_query(ctx: &ServeCtx, query: Option<&str>) -> Result<(Filter, Option<Position>), Reply> {
+/// A request's filter, cursor and version choice.
+struct Asked {
+    filter: Filter,
+    after: Option<Position>,
+    all_versions: bool,
+}
+
+/// The filter, cursor and `versions` of a request's query string.
+fn parse_query(ctx: &ServeCtx, query: Option<&str>) -> Result<Asked, Reply> {
     let mut obj = Map::new();
     let mut after = None;
+    let mut all_versions = false;
     let mut whole: Option<String> = None;
-    let list = |v: &str| -> Vec<Value> {
+    // ids and authors: hex values, none empty (`ids=` is a mistake, not "no ids").
+    let hex_list = |k: &str, v: &str| -> Result<Vec<Value>, Reply> {
         v.split(',')
             .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| Value::from(s.to_string()))
+            .map(|s| {
+                if s.is_empty() {
+                    Err(bad(format!(
+                        "{k}: an empty value; give comma-separated 64-character hex values"
+                    )))
+                } else {
+                    Ok(Value::from(s.to_string()))
+                }
+            })
             .collect()
     };
+    // Tag values as given: an empty one is the value "" (a `d` tag often is).
+    let tag_list =
+        |v: &str| -> Vec<Value> { v.split(',').map(|s| Value::from(s.to_string())).collect() };
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let (k, v) = (k.as_ref(), v.as_ref());
         match k {
+            // An empty `filter=` is no filter (a form left blank).
+            "filter" if v.is_empty() => {}
             "filter" => whole = Some(v.to_string()),
             "after" => after = Some(Position::decode(v).map_err(bad)?),
+            "versions" => {
+                all_versions = match v {
+                    "latest" => false,
+                    "all" => true,
+                    _ => return Err(bad(format!("versions: {v:?} is neither latest nor all"))),
+                }
+            }
             "ids" | "authors" => {
-                obj.insert(k.into(), Value::Array(list(v)));
+                obj.insert(k.into(), Value::Array(hex_list(k, v)?));
             }
             "kinds" => {
                 let mut kinds = Vec::new();
-                for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                for s in v.split(',').map(str::trim) {
                     let n: u16 = s
                         .parse()
                         .map_err(|_| bad(format!("kinds: {s:?} is not an integer 0-65535")))?;
@@ -107,11 +141,11 @@ fn parse_query(ctx: &ServeCtx, query: Option<&str>) -> Result<(Filter, Option<Po
                 || (tag.len() == 5 && tag.starts_with("tag.")) =>
             {
                 let letter = &tag[tag.len() - 1..];
-                obj.insert(format!("#{letter}"), Value::Array(list(v)));
+                obj.insert(format!("#{letter}"), Value::Array(tag_list(v)));
             }
             other => {
                 return Err(bad(format!(
-                    "unknown parameter {other:?}; parameters are ids, authors, kinds, #<letter> (or tag.<letter>), since, until, limit, filter, after"
+                    "unknown parameter {other:?}; parameters are ids, authors, kinds, #<letter> (or tag.<letter>), since, until, limit, filter, after, versions"
                 )))
             }
         }
@@ -133,7 +167,11 @@ fn parse_query(ctx: &ServeCtx, query: Option<&str>) -> Result<(Filter, Option<Po
             ctx.cfg.max_filter_values
         )));
     }
-    Ok((f, after))
+    Ok(Asked {
+        filter: f,
+        after,
+        all_versions,
+    })
 }
 
 fn event_json(ev: &crate::protocol::Event) -> Value {
@@ -141,27 +179,28 @@ fn event_json(ev: &crate::protocol::Event) -> Value {
 }
 
 /// A query of one filter, resumed after `after`, within the time budget.
-fn one_filter(ctx: &ServeCtx, f: Filter, after: Option<Position>) -> Query {
+fn one_filter(ctx: &ServeCtx, asked: Asked) -> Query {
     Query {
-        filters: vec![f],
-        after,
+        filters: vec![asked.filter],
+        after: asked.after,
         deadline: Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms)),
-        ..Query::default()
+        all_versions: asked.all_versions,
     }
 }
 
 /// `GET /v1/events`: one page.
 pub async fn events(ctx: &ServeCtx, query: Option<&str>) -> Reply {
-    let (mut f, after) = match parse_query(ctx, query) {
+    let mut asked = match parse_query(ctx, query) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let limit = f
+    let limit = asked
+        .filter
         .limit
         .unwrap_or(ctx.cfg.default_limit)
         .min(ctx.cfg.max_limit);
-    f.limit = Some(limit);
-    let q = one_filter(ctx, f, after);
+    asked.filter.limit = Some(limit);
+    let q = one_filter(ctx, asked);
     let started = Instant::now();
     let mut rx = ctx.source.query(q, 64);
     let mut out = Vec::new();
@@ -185,11 +224,11 @@ pub async fn events(ctx: &ServeCtx, query: Option<&str>) -> Reply {
 
 /// `GET /v1/count`.
 pub async fn count(ctx: &ServeCtx, query: Option<&str>) -> Reply {
-    let (f, after) = match parse_query(ctx, query) {
+    let asked = match parse_query(ctx, query) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let q = one_filter(ctx, f, after);
+    let q = one_filter(ctx, asked);
     let started = Instant::now();
     match ctx.source.count(q).await {
         Ok(n) => {
@@ -278,8 +317,11 @@ pub async fn relays(ctx: &ServeCtx, query: Option<&str>) -> Reply {
     let mut status = None;
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
-            "status" => status = Some(v.into_owned()),
-            other => return bad(format!("unknown parameter {other:?}; the one parameter is status (online, offline, unknown, ...)")),
+            "status" => match v.as_ref() {
+                "online" | "offline" | "unknown" => status = Some(v.into_owned()),
+                _ => return bad(format!("status: {v:?} is not online, offline or unknown")),
+            },
+            other => return bad(format!("unknown parameter {other:?}; the one parameter is status (online, offline or unknown)")),
         }
     }
     let Some(stores) = ctx.stores.clone() else {
@@ -367,4 +409,151 @@ pub async fn status(ctx: &ServeCtx) -> Reply {
         Ok(v) => ok(v),
         Err(r) => r,
     }
+}
+
+/// Bytes of NDJSON sent to the client at once.
+const EXPORT_CHUNK: usize = 64 << 10;
+
+/// `GET /v1/export`: the stream of NDJSON chunks, or why not. Every event the filter matches,
+/// newest first, without a time budget (and `limit`, if given, caps the whole export). A
+/// client that reads nothing for `serve.write_timeout_secs` has its export aborted; an
+/// aborted stream ends with an error (the connection is cut, never a clean end), so a client
+/// never takes a partial export for a whole one.
+pub async fn export(ctx: &Arc<ServeCtx>, query: Option<&str>) -> Result<super::ChannelBody, Reply> {
+    let asked = parse_query(ctx, query)?;
+    let Ok(permit) = ctx.exports.clone().try_acquire_owned() else {
+        let mut r = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} exports are running, the most at once (serve.max_exports); retry shortly",
+                ctx.cfg.max_exports
+            ),
+        );
+        r.retry_after = Some(10);
+        return Err(r);
+    };
+    ctx.stats.exports.fetch_add(1, Ordering::Relaxed);
+    let q = Query {
+        filters: vec![asked.filter],
+        after: asked.after,
+        deadline: None,
+        all_versions: asked.all_versions,
+    };
+    let (body, feed) = super::ChannelBody::new(4);
+    let stall = Duration::from_secs(ctx.cfg.write_timeout_secs);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut events = ctx.source.query(q, 256);
+        let mut chunk = Vec::with_capacity(EXPORT_CHUNK + 4096);
+        while let Some(item) = events.recv().await {
+            match item {
+                Ok(ev) => {
+                    chunk.extend_from_slice(ev.to_json().as_bytes());
+                    chunk.push(b'\n');
+                    ctx.stats.exported.fetch_add(1, Ordering::Relaxed);
+                    if chunk.len() >= EXPORT_CHUNK
+                        && !feed.send(std::mem::take(&mut chunk), stall).await
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "serve: export failed");
+                    feed.abort();
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            feed.send(chunk, stall).await;
+        }
+    });
+    Ok(body)
+}
+
+/// `GET /v1/stats[?days=30]`: events per kind and per day (the last `days` UTC days), relays
+/// by status, software, network and NIP.
+pub async fn stats(ctx: &ServeCtx, query: Option<&str>) -> Reply {
+    let mut days = 30u32;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "days" => match v.parse::<u32>() {
+                Ok(d) if (1..=3660).contains(&d) => days = d,
+                _ => return bad(format!("days: {v:?} is not a number of days 1-3660")),
+            },
+            other => {
+                return bad(format!(
+                    "unknown parameter {other:?}; the one parameter is days"
+                ))
+            }
+        }
+    }
+    let Some(stores) = ctx.stores.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "statistics are not available from this source",
+        );
+    };
+    let now = now();
+    let found = blocking("statistics", move || {
+        let today = (now.max(0) / 86_400) as u32;
+        let events = stores
+            .events
+            .event_stats(today.saturating_sub(days - 1), today)
+            .map_err(|e| e.to_string())?;
+        let total = stores.events.counters().events;
+        let health = stores
+            .state
+            .health(now - 7 * 86_400)
+            .map_err(|e| e.to_string())?;
+        let nips = stores.state.relays_by_nip().map_err(|e| e.to_string())?;
+        Ok::<_, String>((events, total, health, nips))
+    })
+    .await;
+    let (events, total, health, nips) = match found {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let group = |key: &str, values: Vec<String>| -> Vec<Value> {
+        let mut m: std::collections::BTreeMap<String, u64> = Default::default();
+        for v in values {
+            *m.entry(v).or_default() += 1;
+        }
+        let mut rows: Vec<(String, u64)> = m.into_iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rows.into_iter()
+            .map(|(k, n)| json!({ key: k, "count": n }))
+            .collect()
+    };
+    let by_status = group("status", health.iter().map(|h| h.status.clone()).collect());
+    let by_network = group(
+        "network",
+        health.iter().map(|h| h.network.clone()).collect(),
+    );
+    let by_software = group(
+        "software",
+        health
+            .iter()
+            .map(|h| {
+                h.software.as_deref().map_or("unknown".to_string(), |s| {
+                    crate::protocol::text::inert(s, 60)
+                })
+            })
+            .collect(),
+    );
+    ok(json!({
+        "events": {
+            "total": total,
+            "per_kind": events.kinds.iter().map(|(k, n)| json!({"kind": k, "count": n})).collect::<Vec<_>>(),
+            "per_day": events.days.iter().map(|(d, n)| json!({"day": crate::timefmt::date(i64::from(*d)), "count": n})).collect::<Vec<_>>(),
+        },
+        "relays": {
+            "total": health.len(),
+            "by_status": by_status,
+            "by_software": by_software,
+            "by_network": by_network,
+            "by_nip": nips.iter().map(|(nip, n)| json!({"nip": nip, "count": n})).collect::<Vec<_>>(),
+        }
+    }))
 }

@@ -40,6 +40,7 @@ use rocksdb::{
 use crate::protocol::Event;
 
 pub mod index;
+pub mod stats;
 
 const CF_EVENTS: &str = "events";
 const CF_SEEN: &str = "seen";
@@ -51,7 +52,7 @@ const CF_QUARANTINE: &str = "quarantine";
 /// Events shipped upstream, oldest first: seen_at (u64 BE) + id. Written when the spool entry
 /// that carried the event is acked; retention evicts from here (never an unshipped event).
 const CF_SHIPPED: &str = "shipped";
-const ALL_CFS: [&str; 9] = [
+const ALL_CFS: [&str; 10] = [
     CF_EVENTS,
     CF_SEEN,
     CF_BY_TIME,
@@ -61,6 +62,7 @@ const ALL_CFS: [&str; 9] = [
     CF_QUARANTINE,
     CF_SHIPPED,
     index::CF_INDEX,
+    stats::CF_STATS,
 ];
 const META_EVENTS: &[u8] = b"events";
 const META_SEEN: &[u8] = b"seen";
@@ -236,6 +238,9 @@ impl EventStore {
                 DBCompressionType::None
             });
             o.set_level_compaction_dynamic_level_bytes(true);
+            if name == stats::CF_STATS {
+                o.set_merge_operator_associative("add", stats::add_merge);
+            }
             if name == CF_EVENTS {
                 // Event bodies live in blob files, written once at flush: compactions move only
                 // keys and blob references. With the bodies in the LSM tree, every compaction
@@ -493,6 +498,7 @@ impl EventStore {
         let mut in_batch: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
         let mut seen_in_batch: std::collections::HashSet<[u8; 32]> =
             std::collections::HashSet::new();
+        let mut tally = stats::Tally::default();
         for (i, ev) in events.iter().enumerate() {
             let was_known = known.get(i).copied().unwrap_or(false);
             let mut seen_key = [0u8; 36];
@@ -509,6 +515,7 @@ impl EventStore {
                 tkey[8..].copy_from_slice(&ev.id);
                 batch.put_cf(cf_time, tkey, []);
                 self.put_index(&mut batch, ev);
+                tally.add(ev, 1);
                 batch.put_cf(self.cf(CF_INGEST), ingest.to_be_bytes(), ev.id);
                 ingest += 1;
                 stats.new_events += 1;
@@ -531,6 +538,9 @@ impl EventStore {
         }
         if stats.new_sightings == 0 {
             return Ok(stats);
+        }
+        if !tally.is_empty() {
+            tally.write(self, &mut batch);
         }
         let events_total = self.events.load(Ordering::Relaxed) + stats.new_events;
         let seen_total = self.sightings.load(Ordering::Relaxed) + stats.new_sightings;
@@ -896,6 +906,7 @@ impl EventStore {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let (mut n, mut freed) = (0u64, 0u64);
+        let mut tally = stats::Tally::default();
         let it = self
             .db
             .iterator_cf(self.cf(CF_SHIPPED), IteratorMode::Start);
@@ -933,12 +944,16 @@ impl EventStore {
             batch.delete_cf(self.cf(CF_BY_TIME), tkey);
             if let Some(ev) = Event::decode(id, &raw) {
                 self.delete_index(&mut batch, &ev);
+                tally.add(&ev, -1);
             }
             freed += raw.len() as u64;
             n += 1;
         }
         if batch.is_empty() {
             return Ok((0, 0));
+        }
+        if !tally.is_empty() {
+            tally.write(self, &mut batch);
         }
         let total = self.evicted.load(Ordering::Relaxed) + n;
         batch.put_cf(self.cf(CF_META), META_EVICTED, total.to_be_bytes());

@@ -501,7 +501,22 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// One relay's id and health, by normalized URL.
+    /// (NIP, relays) over the relays whose latest NIP-11 document lists it, by NIP. Only
+    /// integers 1-999 count: a document is the relay's word, and anything else is not a NIP.
+    pub fn relays_by_nip(&self) -> Result<Vec<(i64, i64)>, StateError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT j.value, count(DISTINCT h.relay_id)
+             FROM relay_health h JOIN monitor_document d ON d.id = h.nip11_id,
+                  json_each(CASE WHEN json_valid(d.data) AND json_type(d.data, '$.supported_nips') = 'array'
+                            THEN json_extract(d.data, '$.supported_nips') ELSE '[]' END) j
+             WHERE j.type = 'integer' AND j.value BETWEEN 1 AND 999
+             GROUP BY j.value ORDER BY j.value",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// One relay as `relays show --json` and the REST API show it: health, the latest NIP-11
     /// and NIP-66 documents, uptime over `days` and per UTC day, and the last 50 checks.
     /// `None` when `url` (normalized) is not registered.
@@ -941,6 +956,58 @@ mod tests {
         // Time-weighted: up [0, 300), down from 300 to 1800 in five spans of 300 s, then down
         // from 1800 until the next check, capped at twice the 4,800 s then scheduled.
         assert_eq!(st.uptime(id, 0).unwrap(), Some(300.0 / 11_400.0));
+    }
+
+    #[test]
+    fn relays_are_counted_by_the_nips_their_latest_document_lists() {
+        let (_d, st, id) = setup();
+        let policy = crate::protocol::url::UrlPolicy {
+            allow_local: true,
+            ..Default::default()
+        };
+        let other = parse_relay_url("ws://127.0.0.1:7778", &policy).unwrap();
+        let (id2, _) = st.add_relay(&other, "test").unwrap();
+        let nip11 = |doc: serde_json::Value| CheckOutcome {
+            ok: true,
+            document: doc,
+            ..Default::default()
+        };
+        // The first relay's older document listed NIP-50; only its latest counts. Junk
+        // (strings, 0, 100000, a duplicate) is not a NIP and does not count twice.
+        st.record_check(
+            id,
+            CheckKind::Nip11,
+            100,
+            &nip11(serde_json::json!({"supported_nips": [1, 50]})),
+            &SCHED,
+        )
+        .unwrap();
+        st.record_check(
+            id,
+            CheckKind::Nip11,
+            200,
+            &nip11(serde_json::json!({"supported_nips": [1, 11, 11, "42", 0, 100000]})),
+            &SCHED,
+        )
+        .unwrap();
+        st.record_check(
+            id2,
+            CheckKind::Nip11,
+            200,
+            &nip11(serde_json::json!({"supported_nips": "1,11"})),
+            &SCHED,
+        )
+        .unwrap();
+        assert_eq!(st.relays_by_nip().unwrap(), vec![(1, 1), (11, 1)]);
+        st.record_check(
+            id2,
+            CheckKind::Nip11,
+            300,
+            &nip11(serde_json::json!({"supported_nips": [11, 77]})),
+            &SCHED,
+        )
+        .unwrap();
+        assert_eq!(st.relays_by_nip().unwrap(), vec![(1, 1), (11, 2), (77, 1)]);
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub(super) const CF_INDEX: &str = "index";
 const META_INDEX_VERSION: &[u8] = b"index_version";
 /// meta: while building, the last event id whose entries are written (the resume point).
 const META_INDEX_RESUME: &[u8] = b"index_resume";
-const INDEX_VERSION: u64 = 1;
+/// 1: the query indexes; 2: and the event statistics ([`super::stats`]), counted in the same
+/// pass (a store at 1 re-puts its index entries, which changes nothing, and counts).
+const INDEX_VERSION: u64 = 2;
 /// Events per atomic step while building (and between progress reports).
 const BUILD_CHUNK: usize = 20_000;
 
@@ -375,6 +377,11 @@ impl EventStore {
                 None => IteratorMode::Start,
             };
             let mut batch = WriteBatch::default();
+            if resume.is_none() {
+                // Counts start from nothing: a build that starts over never counts twice.
+                self.clear_stats(&mut batch);
+            }
+            let mut tally = super::stats::Tally::default();
             let mut n = 0usize;
             let mut last = None;
             for item in self.db.iterator_cf(self.cf(CF_EVENTS), mode) {
@@ -388,6 +395,7 @@ impl EventStore {
                 // Evicted or corrupt records have no body to serve, so no entries.
                 if let Some(ev) = Event::decode(id, &v) {
                     self.put_index(&mut batch, &ev);
+                    tally.add(&ev, 1);
                 }
                 last = Some(id);
                 n += 1;
@@ -396,6 +404,7 @@ impl EventStore {
                 }
             }
             let Some(last) = last else { break };
+            tally.write(self, &mut batch);
             batch.put_cf(self.cf(CF_META), META_INDEX_RESUME, last);
             let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.db.write(batch)?;
@@ -581,8 +590,10 @@ mod tests {
                 [0xffu8; 80].as_slice(),
             );
             b.delete_cf(store.cf(CF_META), META_INDEX_VERSION);
+            store.clear_stats(&mut b);
             store.db.write(b).unwrap();
             assert!(scan_all(&store, Prefix::tag(b'p', "z")).is_empty());
+            assert!(store.event_stats(0, u32::MAX).unwrap().kinds.is_empty());
             assert!(!store.indexes_ready().unwrap());
             // An interrupted build: resume point in the middle (ids are [n; 32]).
             store
@@ -590,15 +601,22 @@ mod tests {
                 .put_cf(store.cf(CF_META), META_INDEX_RESUME, [24u8; 32])
                 .unwrap();
             let mut b = WriteBatch::default();
+            let mut tally = super::super::stats::Tally::default();
             for e in evs.iter().take(25) {
                 store.put_index(&mut b, e);
+                tally.add(e, 1);
             }
+            tally.write(&store, &mut b);
             store.db.write(b).unwrap();
         }
         let store = open(dir.path());
         assert!(store.indexes_ready().unwrap());
         assert_eq!(scan_all(&store, Prefix::tag(b'p', "z")).len(), 50);
         assert_eq!(scan_all(&store, Prefix::author_kind(&[9; 32], 1)).len(), 50);
+        // The statistics were counted by the same build, each event once.
+        let stats = store.event_stats(0, u32::MAX).unwrap();
+        assert_eq!(stats.kinds, vec![(1, 50)]);
+        assert_eq!(stats.days.iter().map(|d| d.1).sum::<u64>(), 50);
         // Building again does nothing.
         let mut calls = 0;
         assert_eq!(store.build_indexes(|_, _| calls += 1).unwrap(), 0);
@@ -619,9 +637,12 @@ mod tests {
         .unwrap();
         let evs = [ev(1, 10, 1, &[("e", &"cd".repeat(32))]), ev(2, 11, 1, &[])];
         store.write_page(1, 5, &evs, &[false; 2], None).unwrap();
+        assert_eq!(store.event_stats(0, 0).unwrap().kinds, vec![(1, 2)]);
         let through = store.spool_peek(10).unwrap().last().unwrap().0;
         store.spool_ack(through).unwrap();
         assert_eq!(store.evict_shipped(u64::MAX, 10).unwrap().0, 2);
+        // The statistics count what is held: the evicted bodies leave them.
+        assert_eq!(store.event_stats(0, 0).unwrap(), Default::default());
         assert!(scan_all(&store, Prefix::kind(1)).is_empty());
         assert!(scan_all(&store, Prefix::tag(b'e', &"cd".repeat(32))).is_empty());
         assert!(scan_all(&store, Prefix::author(&[9; 32])).is_empty());
