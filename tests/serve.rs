@@ -1452,3 +1452,208 @@ fn a_real_nostr_client_fetches_counts_follows_and_reconciles() {
         client.shutdown().await;
     });
 }
+
+/// Hostile clients at scale against a node serving itself while it syncs: thousands of
+/// subscriptions, huge filters and messages, a reader that never reads, slowloris, a request
+/// flood. Every answer is a refusal (CLOSED, 429) or a closed connection, the node's memory
+/// stays bounded, and meanwhile it archives everything its relay publishes and answers a
+/// client with an API key. `run` syncs, so this runs in a loopback-only network namespace.
+#[test]
+fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
+    support::ns::in_netns(async {
+        let authors = keys(3);
+        let now = now_secs();
+        let relay = local_relay(&[], RelayOpts::default()).await;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let node = Node::new(&format!(
+            "[serve]\nenabled = true\nlisten = \"{addr}\"\nmax_connections = 400\nmax_subscriptions = 20\nrate_limit_per_minute = 600\nrate_limit_burst = 300\nheader_timeout_secs = 2\nwrite_timeout_secs = 2\noutbound_buffer_kb = 64\n[monitor]\nenabled = false\n[finder]\nenabled = false\n[sync]\nlive_turn_secs = 1\nbackoff_min_secs = 1\n"
+        ));
+        node.seed_with(&[&relay.url]);
+        let child = node
+            .cmd()
+            .arg("run")
+            .env("BIGBROTR_API_KEYS", "honest-key")
+            .spawn()
+            .expect("spawn run");
+        let pid = child.id();
+        let served = Served {
+            node,
+            addr,
+            _child: KillOnDrop(Some(child)),
+        };
+        let key = [("Authorization", "Bearer honest-key".to_string())];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&served.addr).is_err() {
+            assert!(Instant::now() < deadline, "run did not listen within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let addr = served.addr.clone();
+
+        // 1. Thousands of subscriptions: 40 connections x 60 REQs.
+        let subs = tokio::spawn({
+            let url = format!("ws://{addr}/");
+            async move {
+                let mut tasks = Vec::new();
+                for c in 0..40 {
+                    let url = url.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
+                        for i in 0..60 {
+                            send(&mut ws, serde_json::json!(["REQ", format!("c{c}s{i}"), {"kinds": [1], "limit": 1}])).await;
+                        }
+                        let (mut eose, mut closed) = (0, 0);
+                        while eose + closed < 60 {
+                            let Some(v) = next_json(&mut ws).await else { break };
+                            match v[0].as_str() {
+                                Some("EOSE") => eose += 1,
+                                Some("CLOSED") => {
+                                    let why = v[2].as_str().unwrap_or("");
+                                    assert!(why.starts_with("blocked:") || why.starts_with("rate-limited:"), "{v}");
+                                    closed += 1
+                                }
+                                _ => {}
+                            }
+                        }
+                        (eose, closed)
+                    }));
+                }
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.expect("subscriber"));
+                }
+                out
+            }
+        });
+        // 2. Huge filters and messages (with the API key: the filter limits refuse them, not
+        // the rate limit).
+        let huge = {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut request = format!("ws://{addr}/")
+                .into_client_request()
+                .expect("request");
+            request.headers_mut().insert(
+                "authorization",
+                "Bearer honest-key".parse().expect("header"),
+            );
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+                let values: Vec<String> = (0..1500).map(|i| format!("v{i}")).collect();
+                send(&mut ws, serde_json::json!(["REQ", "wide", {"#t": values}])).await;
+                let v = next_json(&mut ws).await.expect("an answer");
+                assert_eq!(v[0], "CLOSED", "{v}");
+                assert!(v[2].as_str().unwrap_or("").starts_with("invalid:"), "{v}");
+                let filters: Vec<Value> = (0..50).map(|_| serde_json::json!({})).collect();
+                let mut msg = vec![Value::from("REQ"), Value::from("many")];
+                msg.extend(filters);
+                send(&mut ws, Value::Array(msg)).await;
+                let v = next_json(&mut ws).await.expect("an answer");
+                assert_eq!(v[0], "CLOSED", "{v}");
+                // 300 KB in one message: the connection is closed.
+                let _ = ws
+                    .send(Message::text(format!(
+                        "[\"REQ\",\"x\",{{\"#t\":[\"{}\"]}}]",
+                        "y".repeat(300 << 10)
+                    )))
+                    .await;
+                assert!(
+                    next_json(&mut ws).await.is_none(),
+                    "an oversized message closes the connection"
+                );
+            }
+        };
+        // 3. A reader that never reads: asks for everything, reads nothing, holds on.
+        let (mut stalled, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .expect("ws");
+        send(
+            &mut stalled,
+            serde_json::json!(["REQ", "all", {"limit": 5000}]),
+        )
+        .await;
+        // 4. Slowloris: 100 connections that start a request and never finish it.
+        let slow = tokio::task::spawn_blocking({
+            let addr = addr.clone();
+            move || {
+                let mut conns: Vec<std::net::TcpStream> = (0..100)
+                    .map(|_| {
+                        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+                        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+                            .expect("write");
+                        s.set_read_timeout(Some(Duration::from_secs(15)))
+                            .expect("timeout");
+                        s
+                    })
+                    .collect();
+                // Each is cut off by serve.header_timeout_secs (2 s), never answered.
+                for s in &mut conns {
+                    let mut buf = [0u8; 256];
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => {}
+                        Ok(n) => {
+                            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                            assert!(
+                                text.starts_with("HTTP/1.1 408") || text.is_empty(),
+                                "{text}"
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        // 5. A request flood from one address.
+        let flood = tokio::task::spawn_blocking({
+            let addr = addr.clone();
+            move || {
+                let (mut ok, mut limited) = (0, 0);
+                for _ in 0..1500 {
+                    let (status, hdrs, _, _) = http_full(&addr, "/v1/count?kinds=1", &[]);
+                    match status {
+                        200 => ok += 1,
+                        429 => {
+                            assert!(header(&hdrs, "retry-after").is_some());
+                            limited += 1
+                        }
+                        other => panic!("flood answered {other}"),
+                    }
+                }
+                (ok, limited)
+            }
+        });
+        // Meanwhile the relay publishes: the node must archive all of it.
+        let fresh = notes(300, &authors, |i| now + i as u64 / 50);
+        for ev in &fresh {
+            relay.add(ev).await;
+        }
+        huge.await;
+        let per_conn = subs.await.expect("subscribers");
+        for (eose, closed) in &per_conn {
+            assert_eq!(eose + closed, 60, "every REQ answered");
+            assert!(*eose <= 20, "at most serve.max_subscriptions open: {eose}");
+        }
+        slow.await.expect("slowloris");
+        let (ok, limited) = flood.await.expect("flood");
+        assert!(limited > 1000, "flood: {ok} served, {limited} limited");
+        let opened: usize = per_conn.iter().map(|c| c.0).sum();
+        eprintln!(
+            "hostile: {opened} of 2400 subscriptions opened, the rest CLOSED; flood {ok} served, {limited} answered 429"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, _, body, _) = http_full(&served.addr, "/v1/count?kinds=1", &key);
+            assert_eq!(status, 200, "the API key lifts the limit even now");
+            let n: Value = serde_json::from_slice(&body).expect("json");
+            if n["count"] == 300 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node archived {n} of 300 while under attack"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let hwm = support::bench::vm_hwm_kib(pid);
+        eprintln!("node peak RSS under attack: {} MiB", hwm >> 10);
+        assert!(hwm < 256 << 10, "peak RSS {} MiB", hwm >> 10);
+        drop(stalled);
+    });
+}
