@@ -71,6 +71,28 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// A free loopback address.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Wait until something listens on `addr` (`what` names it in the failure).
+fn wait_listening(addr: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 struct Server {
     child: Child,
     addr: String,
@@ -86,12 +108,7 @@ impl Drop for Server {
 
 fn start(events: &[bigbrotr::protocol::Event], extra: &str) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let data = dir.path().join("data");
     {
         let store = bigbrotr::store::EventStore::open(
@@ -125,16 +142,25 @@ fn start(events: &[bigbrotr::protocol::Event], extra: &str) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn serve");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "serve did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&addr, "bigbrotr serve");
     Server {
         child,
         addr,
         _dir: dir,
     }
+}
+
+/// A websocket with TCP_NODELAY: a REQ written right after a CLOSE must not wait for the
+/// server's delayed ACK (Nagle), which would add ~40 ms to every query measured.
+async fn ws_connect(
+    url: &str,
+) -> (
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .expect("ws")
 }
 
 type Ws =
@@ -185,9 +211,7 @@ async fn run_shapes(
     events: &[bigbrotr::protocol::Event],
 ) -> Vec<(&'static str, ShapeRun)> {
     let queries = env_usize("BENCH_QUERIES", 400);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-        .await
-        .expect("ws");
+    let (mut ws, _) = ws_connect(&format!("ws://{addr}/")).await;
     let mut rng_i = 0usize;
     let mut pick = |n: usize| {
         rng_i = rng_i
@@ -259,11 +283,8 @@ async fn start_base(
     events: &[bigbrotr::protocol::Event],
 ) -> (Child, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let addr = free_addr();
+    let port = addr.rsplit_once(':').map_or("", |x| x.1).to_string();
     let db = dir.path().join("db");
     std::fs::create_dir_all(&db).expect("db dir");
     let cfg = dir.path().join("config.toml");
@@ -285,15 +306,8 @@ async fn start_base(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn nostr-rs-relay");
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "nostr-rs-relay did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-        .await
-        .expect("ws");
+    wait_listening(&addr, "nostr-rs-relay");
+    let (mut ws, _) = ws_connect(&format!("ws://{addr}/")).await;
     let mut pending = 0usize;
     let mut acked = 0usize;
     for ev in events {
@@ -400,17 +414,13 @@ async fn idle(events: &[bigbrotr::protocol::Event]) {
     let conns = env_usize("BENCH_CONNS", 1000);
     // One connection and one query first, so what every connection shares (buffers, caches,
     // threads) is in the "before".
-    let (mut first, _) = tokio_tungstenite::connect_async(format!("ws://{}/", server.addr))
-        .await
-        .expect("ws");
+    let (mut first, _) = ws_connect(&format!("ws://{}/", server.addr)).await;
     req(&mut first, "warm", &json!({"kinds": [1], "limit": 10})).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = status_kib(pid, "VmRSS:");
     let mut held = Vec::with_capacity(conns);
     for _ in 0..conns {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", server.addr))
-            .await
-            .expect("ws");
+        let (mut ws, _) = ws_connect(&format!("ws://{}/", server.addr)).await;
         // One live subscription each: nothing matches, so it stays open and idle.
         ws.send(Message::text(
             json!(["REQ", "live", {"kinds": [1], "since": 4_000_000_000u64}]).to_string(),

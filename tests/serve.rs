@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 struct Served {
     node: Node,
     addr: String,
-    _child: KillOnDrop,
+    child: KillOnDrop,
 }
 
 impl Served {
@@ -79,7 +79,7 @@ impl Served {
         let served = Served {
             node,
             addr,
-            _child: KillOnDrop(Some(child)),
+            child: KillOnDrop(Some(child)),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while served.http_get("/health", "").is_none() {
@@ -90,6 +90,34 @@ impl Served {
             std::thread::sleep(Duration::from_millis(50));
         }
         served
+    }
+
+    /// `bigbrotr run` archiving the relay at `relay_url` and serving itself (`[serve] enabled`,
+    /// plus `serve_extra`), monitor and Finder off, with `env` set; returns once it listens.
+    /// `run` syncs: call it inside a loopback-only network namespace.
+    fn running(relay_url: &str, serve_extra: &str, env: &[(&str, &str)]) -> Served {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let node = Node::new(&format!(
+            "[serve]\nenabled = true\nlisten = \"{addr}\"\n{serve_extra}[monitor]\nenabled = false\n[finder]\nenabled = false\n[sync]\nlive_turn_secs = 1\nbackoff_min_secs = 1\n"
+        ));
+        node.seed_with(&[relay_url]);
+        let mut cmd = node.cmd();
+        cmd.arg("run");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = KillOnDrop(Some(cmd.spawn().expect("spawn run")));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "run did not listen within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Served { node, addr, child }
+    }
+
+    /// The process serving.
+    fn pid(&self) -> u32 {
+        self.child.0.as_ref().map_or(0, |c| c.id())
     }
 
     /// A plain HTTP/1.1 GET: (status, body), None when nothing listens yet.
@@ -342,25 +370,7 @@ fn events_archived_while_subscribed_arrive_live() {
     support::ns::in_netns(async {
         let authors = keys(3);
         let relay = local_relay(&[], RelayOpts::default()).await;
-        let addr = format!("127.0.0.1:{}", free_port());
-        let node = Node::new(&format!(
-            "[serve]\nenabled = true\nlisten = \"{addr}\"\n[monitor]\nenabled = false\n[finder]\nenabled = false\n[sync]\nlive_turn_secs = 1\nbackoff_min_secs = 1\n"
-        ));
-        node.seed_with(&[&relay.url]);
-        let child = KillOnDrop(Some(node.cmd().arg("run").spawn().expect("spawn run")));
-        let served = Served {
-            node,
-            addr,
-            _child: child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while served.http_get("/health", "").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "run did not serve /health within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let served = Served::running(&relay.url, "", &[]);
         let mut ws = served.ws().await;
         let (got, end) = req(&mut ws, "live", &[serde_json::json!({"kinds": [1]})]).await;
         assert!(got.is_empty() && end[0] == "EOSE", "{end}");
@@ -1326,17 +1336,7 @@ fn a_real_nostr_client_fetches_counts_follows_and_reconciles() {
         let now = now_secs();
         let stored = notes(400, &authors, |i| now - 5_000 + i as u64 * 3);
         let relay = local_relay(&stored, RelayOpts::default()).await;
-        let addr = format!("127.0.0.1:{}", free_port());
-        let node = Node::new(&format!(
-            "[serve]\nenabled = true\nlisten = \"{addr}\"\n[monitor]\nenabled = false\n[finder]\nenabled = false\n[sync]\nlive_turn_secs = 1\nbackoff_min_secs = 1\n"
-        ));
-        node.seed_with(&[&relay.url]);
-        let child = KillOnDrop(Some(node.cmd().arg("run").spawn().expect("spawn run")));
-        let served = Served {
-            node,
-            addr,
-            _child: child,
-        };
+        let served = Served::running(&relay.url, "", &[]);
         // Wait until the node has archived the relay's 400 events.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -1464,29 +1464,13 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
         let authors = keys(3);
         let now = now_secs();
         let relay = local_relay(&[], RelayOpts::default()).await;
-        let addr = format!("127.0.0.1:{}", free_port());
-        let node = Node::new(&format!(
-            "[serve]\nenabled = true\nlisten = \"{addr}\"\nmax_connections = 400\nmax_subscriptions = 20\nrate_limit_per_minute = 600\nrate_limit_burst = 300\nheader_timeout_secs = 2\nwrite_timeout_secs = 2\noutbound_buffer_kb = 64\n[monitor]\nenabled = false\n[finder]\nenabled = false\n[sync]\nlive_turn_secs = 1\nbackoff_min_secs = 1\n"
-        ));
-        node.seed_with(&[&relay.url]);
-        let child = node
-            .cmd()
-            .arg("run")
-            .env("BIGBROTR_API_KEYS", "honest-key")
-            .spawn()
-            .expect("spawn run");
-        let pid = child.id();
-        let served = Served {
-            node,
-            addr,
-            _child: KillOnDrop(Some(child)),
-        };
+        let served = Served::running(
+            &relay.url,
+            "max_connections = 400\nmax_subscriptions = 20\nrate_limit_per_minute = 600\nrate_limit_burst = 300\nheader_timeout_secs = 2\nwrite_timeout_secs = 2\noutbound_buffer_kb = 64\n",
+            &[("BIGBROTR_API_KEYS", "honest-key")],
+        );
+        let pid = served.pid();
         let key = [("Authorization", "Bearer honest-key".to_string())];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&served.addr).is_err() {
-            assert!(Instant::now() < deadline, "run did not listen within 30 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let addr = served.addr.clone();
 
         // 1. Thousands of subscriptions: 40 connections x 60 REQs.

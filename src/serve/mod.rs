@@ -559,7 +559,10 @@ fn upgrade(
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
+        // A 4 KiB read buffer instead of tungstenite's 128 KiB: clients send small messages,
+        // and an idle connection should cost little (docs/BENCHMARKS.md, RSS per connection).
         let config = WebSocketConfig::default()
+            .read_buffer_size(4 << 10)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
