@@ -3,7 +3,7 @@
 //! is matched against the whole filter, and the filters' answers are merged into one stream.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +18,8 @@ use crate::store::EventStore;
 const MAX_PAIR_SCANS: usize = 256;
 /// The clock is read once per this many candidates.
 const CLOCK_EVERY: u32 = 64;
+/// Keys whose latest version one query remembers (then it starts over).
+const MAX_LATEST_CACHED: usize = 4096;
 
 type Key = (Reverse<u64>, [u8; 32]);
 
@@ -50,6 +52,8 @@ struct FilterRun<'a> {
     remaining: u64,
     last: Option<Key>,
     all_versions: bool,
+    /// Latest version per replaceable/addressable key, as found during this query.
+    latest: HashMap<Vec<u8>, Option<[u8; 32]>>,
 }
 
 impl<'a> FilterRun<'a> {
@@ -128,6 +132,7 @@ impl<'a> FilterRun<'a> {
             remaining: f.limit.unwrap_or(u64::MAX),
             last: None,
             all_versions,
+            latest: HashMap::new(),
         };
         if run.remaining > 0 {
             for i in 0..run.heads.len() {
@@ -135,6 +140,27 @@ impl<'a> FilterRun<'a> {
             }
         }
         Ok(run)
+    }
+
+    /// Is `ev` the latest version of its replaceable or addressable key? One index seek per
+    /// key per query: versions of one key recur within an answer (a profile's versions in a
+    /// time window), and the answer is over one snapshot of "latest" anyway.
+    fn is_latest(&mut self, ev: &Event) -> Result<bool, QueryError> {
+        let Some(prefix) = Prefix::versions(ev) else {
+            return Ok(true);
+        };
+        let latest = match self.latest.get(&prefix) {
+            Some(l) => *l,
+            None => {
+                let l = self.store.latest_version(&prefix)?;
+                if self.latest.len() >= MAX_LATEST_CACHED {
+                    self.latest.clear();
+                }
+                self.latest.insert(prefix, l);
+                l
+            }
+        };
+        Ok(latest.is_none_or(|id| id == ev.id))
     }
 
     fn refill(&mut self, i: usize) -> Result<(), QueryError> {
@@ -170,7 +196,7 @@ impl<'a> FilterRun<'a> {
             if !self.matcher.matches(&ev) {
                 continue;
             }
-            if !self.all_versions && !self.store.is_latest(&ev)? {
+            if !self.all_versions && !self.is_latest(&ev)? {
                 continue;
             }
             self.remaining -= 1;

@@ -31,6 +31,8 @@ const MAX_SUB_ID: usize = 64;
 const MAX_PENDING_LIVE: usize = 1000;
 /// Longest text of a client's message quoted back in a NOTICE.
 const QUOTE: usize = 80;
+/// Bytes of frames written to a client in one flush.
+const WRITE_BATCH: usize = 256 << 10;
 /// Largest NIP-77 message this relay sends (the protocol splits larger answers in rounds).
 const NEG_FRAME_LIMIT: u64 = 256 << 10;
 
@@ -204,9 +206,21 @@ where
         kill: Arc::new(kill_tx),
     };
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            let n = frame.len().clamp(1, max);
-            if sink.send(Message::text(frame)).await.is_err() {
+        // Frames already queued go out in one flush (one write for a page of events instead of
+        // one per event), at most WRITE_BATCH bytes at a time.
+        'frames: while let Some(frame) = rx.recv().await {
+            let mut n = frame.len().clamp(1, max);
+            if sink.feed(Message::text(frame)).await.is_err() {
+                break;
+            }
+            while n < WRITE_BATCH {
+                let Ok(more) = rx.try_recv() else { break };
+                n += more.len().clamp(1, max);
+                if sink.feed(Message::text(more)).await.is_err() {
+                    break 'frames;
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
             budget.add_permits(n);

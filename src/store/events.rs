@@ -253,6 +253,9 @@ impl EventStore {
                 o.set_min_blob_size(MIN_BLOB_BYTES);
                 o.set_blob_compression_type(DBCompressionType::Lz4);
                 o.set_enable_blob_gc(false);
+                // Bodies read back (serving, export) are cached decompressed in the same LRU
+                // as the blocks: a query answer is not a pread and an LZ4 pass per event.
+                o.set_blob_cache(&cache);
             }
             ColumnFamilyDescriptor::new(name, o)
         };
