@@ -1481,7 +1481,15 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
                 for c in 0..40 {
                     let url = url.clone();
                     tasks.push(tokio::spawn(async move {
-                        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws");
+                        // The upgrade itself may find the address's bucket empty: 429.
+                        let mut ws = match tokio_tungstenite::connect_async(&url).await {
+                            Ok((ws, _)) => ws,
+                            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                                assert_eq!(r.status(), 429, "upgrade refused with {}", r.status());
+                                return None;
+                            }
+                            Err(e) => panic!("ws: {e}"),
+                        };
                         for i in 0..60 {
                             send(&mut ws, serde_json::json!(["REQ", format!("c{c}s{i}"), {"kinds": [1], "limit": 1}])).await;
                         }
@@ -1498,7 +1506,7 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
                                 _ => {}
                             }
                         }
-                        (eose, closed)
+                        Some((eose, closed))
                     }));
                 }
                 let mut out = Vec::new();
@@ -1609,7 +1617,12 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
             relay.add(ev).await;
         }
         huge.await;
-        let per_conn = subs.await.expect("subscribers");
+        let per_conn: Vec<(usize, usize)> = subs
+            .await
+            .expect("subscribers")
+            .into_iter()
+            .flatten()
+            .collect();
         for (eose, closed) in &per_conn {
             assert_eq!(eose + closed, 60, "every REQ answered");
             assert!(*eose <= 20, "at most serve.max_subscriptions open: {eose}");
@@ -1619,7 +1632,8 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
         assert!(limited > 1000, "flood: {ok} served, {limited} limited");
         let opened: usize = per_conn.iter().map(|c| c.0).sum();
         eprintln!(
-            "hostile: {opened} of 2400 subscriptions opened, the rest CLOSED; flood {ok} served, {limited} answered 429"
+            "hostile: {} of 40 subscribing connections upgraded (the rest 429), {opened} subscriptions opened, the rest CLOSED; flood {ok} served, {limited} answered 429",
+            per_conn.len()
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -18,6 +18,8 @@ use crate::store::EventStore;
 const MAX_PAIR_SCANS: usize = 256;
 /// The clock is read once per this many candidates.
 const CLOCK_EVERY: u32 = 64;
+/// Bodies read in one batch ahead of the answer.
+const PREFETCH: usize = 64;
 /// Keys whose latest version one query remembers (then it starts over).
 const MAX_LATEST_CACHED: usize = 4096;
 
@@ -54,6 +56,8 @@ struct FilterRun<'a> {
     all_versions: bool,
     /// Latest version per replaceable/addressable key, as found during this query.
     latest: HashMap<Vec<u8>, Option<[u8; 32]>>,
+    /// Bodies fetched ahead of the heap ([`FilterRun::body`]).
+    bodies: HashMap<[u8; 32], Option<Event>>,
 }
 
 impl<'a> FilterRun<'a> {
@@ -133,6 +137,7 @@ impl<'a> FilterRun<'a> {
             last: None,
             all_versions,
             latest: HashMap::new(),
+            bodies: HashMap::new(),
         };
         if run.remaining > 0 {
             for i in 0..run.heads.len() {
@@ -140,6 +145,34 @@ impl<'a> FilterRun<'a> {
             }
         }
         Ok(run)
+    }
+
+    /// The body of `id`: fetched ahead, or now together with the ids the scans will return
+    /// next (up to [`PREFETCH`], one `MultiGet`).
+    fn body(&mut self, id: [u8; 32]) -> Result<Option<Event>, QueryError> {
+        if let Some(b) = self.bodies.remove(&id) {
+            return Ok(b);
+        }
+        let mut ids = vec![id];
+        for h in &self.heads {
+            if let Head::Scan(s) = h {
+                let room = PREFETCH - ids.len();
+                ids.extend(s.pending().iter().rev().take(room));
+            }
+            if ids.len() >= PREFETCH {
+                break;
+            }
+        }
+        let mut got = self.store.get_many(&ids)?.into_iter();
+        let first = got.next().flatten();
+        if self.bodies.len() > 4 * PREFETCH {
+            // Fetched ahead and never asked for (duplicates across scans): start over.
+            self.bodies.clear();
+        }
+        for (pid, ev) in ids.into_iter().skip(1).zip(got) {
+            self.bodies.insert(pid, ev);
+        }
+        Ok(first)
     }
 
     /// Is `ev` the latest version of its replaceable or addressable key? One index seek per
@@ -190,7 +223,7 @@ impl<'a> FilterRun<'a> {
                 return Err(QueryError::TimedOut);
             }
             // Evicted (shipped upstream) or corrupt bodies are not served.
-            let Some(ev) = self.store.get(&k.1)? else {
+            let Some(ev) = self.body(k.1)? else {
                 continue;
             };
             if !self.matcher.matches(&ev) {

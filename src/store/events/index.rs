@@ -225,6 +225,12 @@ pub struct IndexScan<'a> {
 }
 
 impl<'a> IndexScan<'a> {
+    /// Ids of the current second not returned yet, the next one last: what a reader can fetch
+    /// ahead in one batch.
+    pub fn pending(&self) -> &[[u8; 32]] {
+        &self.second
+    }
+
     pub fn next_entry(&mut self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         loop {
             if let Some(id) = self.second.pop() {
