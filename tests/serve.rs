@@ -1553,10 +1553,19 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
                 );
             }
         };
-        // 3. A reader that never reads: asks for everything, reads nothing, holds on.
-        let (mut stalled, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .expect("ws");
+        // 3. A reader that never reads: asks for everything, reads nothing, holds on (with the
+        // API key, so the rate limit cannot refuse it first).
+        let (mut stalled, _) = {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut request = format!("ws://{addr}/")
+                .into_client_request()
+                .expect("request");
+            request.headers_mut().insert(
+                "authorization",
+                "Bearer honest-key".parse().expect("header"),
+            );
+            tokio_tungstenite::connect_async(request).await.expect("ws")
+        };
         send(
             &mut stalled,
             serde_json::json!(["REQ", "all", {"limit": 5000}]),
