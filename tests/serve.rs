@@ -1355,18 +1355,26 @@ fn a_real_nostr_client_fetches_counts_follows_and_reconciles() {
         let ids = |evs: &[nostr::Event]| -> std::collections::BTreeSet<String> {
             evs.iter().map(|e| e.id.to_hex()).collect()
         };
-        // A client holding the older half of the events.
-        let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
-            events: true,
-            max_events: None,
-        });
-        let client = Client::builder().database(db).build();
-        for ev in &stored[..200] {
-            client.database().save_event(ev).await.expect("save");
-        }
-        client.add_relay(url.as_str()).await.expect("add relay");
-        let connected = client.try_connect(Duration::from_secs(10)).await;
-        assert!(connected.failed.is_empty(), "{:?}", connected.failed);
+        // A client holding `held`, connected to the node.
+        let client_with = |held: &'static [nostr::Event]| {
+            let url = url.clone();
+            async move {
+                let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+                    events: true,
+                    max_events: None,
+                });
+                let client = Client::builder().database(db).build();
+                for ev in held {
+                    client.database().save_event(ev).await.expect("save");
+                }
+                client.add_relay(url.as_str()).await.expect("add relay");
+                let connected = client.try_connect(Duration::from_secs(10)).await;
+                assert!(connected.failed.is_empty(), "{:?}", connected.failed);
+                client
+            }
+        };
+        let older: &'static [nostr::Event] = Vec::leak(stored[..200].to_vec());
+        let client = client_with(older).await;
         let kind1 = SdkFilter::new().kind(Kind::TextNote);
         // REQ: everything the node archived.
         let fetched = client
@@ -1383,16 +1391,7 @@ fn a_real_nostr_client_fetches_counts_follows_and_reconciles() {
             .expect("count");
         assert_eq!(n, 400);
         // NIP-77 with a second client that holds the older half only.
-        let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
-            events: true,
-            max_events: None,
-        });
-        let half = Client::builder().database(db).build();
-        for ev in &stored[..200] {
-            half.database().save_event(ev).await.expect("save");
-        }
-        half.add_relay(url.as_str()).await.expect("add relay");
-        half.try_connect(Duration::from_secs(10)).await;
+        let half = client_with(older).await;
         let opts = SyncOptions::default()
             .direction(SyncDirection::Down)
             .initial_timeout(Duration::from_secs(10));
