@@ -17,24 +17,10 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::bench::{env_usize, vm_hwm_kib};
+use support::bench::{env_usize, raise_fd_limit, vm_hwm_kib};
 use support::hostile::HostileRelay;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bigbrotr");
-
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid resource and out-parameter.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 /// What the sweep recorded: relays online, with a read RTT, with a write RTT, with NIP-11.
 fn recorded(state: &std::path::Path) -> (i64, i64, i64, i64) {

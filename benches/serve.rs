@@ -24,36 +24,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::bench::{env_usize, vm_hwm_kib};
+use support::bench::{env_usize, raise_fd_limit, status_kib, vm_hwm_kib};
 use tokio_tungstenite::tungstenite::Message;
 
 fn node_bin() -> String {
     std::env::var("BENCH_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bigbrotr").into())
-}
-
-/// Raise this process's open-file limit (children inherit it): 1,000 connections need 2,000
-/// descriptors on loopback.
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// utime + stime of a process, seconds.
@@ -493,7 +468,7 @@ fn export(events: &[bigbrotr::protocol::Event]) {
 }
 
 fn main() {
-    raise_nofile();
+    raise_fd_limit();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -1517,7 +1517,8 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
         });
         // 2. Huge filters and messages (with the API key: the filter limits refuse them, not
         // the rate limit).
-        let huge = {
+        // A websocket opened with the API key.
+        let keyed = |addr: String| async move {
             use tokio_tungstenite::tungstenite::client::IntoClientRequest;
             let mut request = format!("ws://{addr}/")
                 .into_client_request()
@@ -1526,8 +1527,15 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
                 "authorization",
                 "Bearer honest-key".parse().expect("header"),
             );
+            tokio_tungstenite::connect_async(request)
+                .await
+                .expect("ws")
+                .0
+        };
+        let huge = {
+            let opened = keyed(addr.clone());
             async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("ws");
+                let mut ws = opened.await;
                 let values: Vec<String> = (0..1500).map(|i| format!("v{i}")).collect();
                 send(&mut ws, serde_json::json!(["REQ", "wide", {"#t": values}])).await;
                 let v = next_json(&mut ws).await.expect("an answer");
@@ -1554,17 +1562,7 @@ fn hostile_clients_are_refused_while_the_node_keeps_syncing() {
         };
         // 3. A reader that never reads: asks for everything, reads nothing, holds on (with the
         // API key, so the rate limit cannot refuse it first).
-        let (mut stalled, _) = {
-            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-            let mut request = format!("ws://{addr}/")
-                .into_client_request()
-                .expect("request");
-            request.headers_mut().insert(
-                "authorization",
-                "Bearer honest-key".parse().expect("header"),
-            );
-            tokio_tungstenite::connect_async(request).await.expect("ws")
-        };
+        let mut stalled = keyed(addr.clone()).await;
         send(
             &mut stalled,
             serde_json::json!(["REQ", "all", {"limit": 5000}]),

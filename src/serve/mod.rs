@@ -117,6 +117,7 @@ pub struct ServeCtx {
     pub exports: Arc<Semaphore>,
     nip11: String,
     openapi: String,
+    docs: String,
 }
 
 impl ServeCtx {
@@ -128,6 +129,7 @@ impl ServeCtx {
     ) -> ServeCtx {
         let nip11 = nip11_document(&cfg);
         let openapi = openapi::document(&cfg.name).to_string();
+        let docs = openapi::docs_page(&cfg.name);
         let access = access::Access::new(&cfg, Vec::new());
         ServeCtx {
             source,
@@ -141,6 +143,7 @@ impl ServeCtx {
             access,
             nip11,
             openapi,
+            docs,
         }
     }
 }
@@ -504,7 +507,7 @@ async fn route(
         "docs" => response(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            openapi::docs_page(&ctx.cfg.name),
+            ctx.docs.clone(),
         ),
         other => {
             tracing::error!(route = other, "serve: a route in the table has no handler");
@@ -514,17 +517,10 @@ async fn route(
 }
 
 fn landing(ctx: &ServeCtx) -> String {
-    let name = html_escape(&ctx.cfg.name);
+    let name = page::esc(&ctx.cfg.name);
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{name}</title></head><body><h1>{name}</h1><p>A read-only Nostr relay over this node's archive: point a Nostr client at this address (ws://).</p><p><a href=\"/health\">/health</a></p></body></html>"
     )
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Answer a websocket upgrade (RFC 6455) and run the relay session on the upgraded stream.

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Map, Value};
 
 use super::access::Cost;
+use super::page::esc;
 
 /// Where a parameter goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,13 +464,6 @@ pub fn document(server_name: &str) -> Value {
         },
         "security": [{}, {"apiKey": []}, {"nip98": []}],
     })
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// The docs page: every route with its parameters, from the same table.

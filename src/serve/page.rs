@@ -20,7 +20,8 @@ h1{font-size:1.4rem;margin:.8rem 0 .2rem}h2{font-size:1.1rem;margin:1.2rem 0 .4r
 th,td{border-bottom:1px solid #eee;padding:.25rem .45rem;text-align:left;white-space:nowrap}td.url{white-space:normal;word-break:break-all}\
 .bar{display:inline-block;height:.7rem;background:#4a7bd0;min-width:1px}#per-day td:last-child{width:50%}.online{color:#176b2c}.offline{color:#a11}.unknown,.muted{color:#777}@media(max-width:600px){.hide-s{display:none}}";
 
-fn esc(s: &str) -> String {
+/// HTML-escape `s` (text and attribute values); control characters become spaces.
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
