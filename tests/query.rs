@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bigbrotr::protocol::{Event, Filter};
 use bigbrotr::query::local::{LocalAnswer, LocalSource};
-use bigbrotr::query::{EventSource, Query, QueryError};
+use bigbrotr::query::{EventSource, Framing, Position, Query, QueryError, RENDER_BATCH};
 use bigbrotr::store::{EventStore, EventStoreOptions};
 use rand::SeedableRng;
 use support::conformance::{check, corpus, describe, expected, random_query};
@@ -28,6 +28,7 @@ fn store_with(events: &[Event]) -> (tempfile::TempDir, Arc<EventStore>) {
 fn answer(store: &EventStore, q: &Query) -> Vec<Event> {
     LocalAnswer::new(store, q)
         .expect("plan")
+        .map(|r| r.map(|enc| enc.decode().expect("stored tags decode")))
         .collect::<Result<Vec<_>, _>>()
         .expect("answer")
 }
@@ -99,7 +100,7 @@ fn a_query_past_its_time_budget_stops_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stream_and_the_count_give_the_same_answer() {
+async fn events_positions_json_and_count_give_the_same_answer() {
     let events = corpus(600, 3, 5);
     let (_dir, store) = store_with(&events);
     let source = LocalSource::new(store.clone());
@@ -107,11 +108,39 @@ async fn the_stream_and_the_count_give_the_same_answer() {
         filters: vec![Filter::default()],
         ..Query::default()
     };
-    let mut rx = source.query(q.clone(), 8);
+    let want = expected(&events, &q);
+    let mut rx = source.query(q.clone(), 2);
     let mut got = Vec::new();
-    while let Some(ev) = rx.recv().await {
-        got.push(ev.expect("event").id);
+    while let Some(batch) = rx.recv().await {
+        got.extend(batch.expect("events"));
     }
-    assert!(got == expected(&events, &q));
+    assert!(got.iter().map(|e| e.id).eq(want.iter().copied()));
+    let mut rx = source.query_positions(q.clone(), 2);
+    let mut positions = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        positions.extend(batch.expect("positions"));
+    }
+    assert!(positions.iter().map(|p| p.id).eq(want.iter().copied()));
+    assert!(positions
+        .iter()
+        .zip(&got)
+        .all(|(p, e)| p.created_at == e.created_at));
+    // The JSON written from the stored bytes is exactly the event's own NIP-01 JSON.
+    let framing = Framing {
+        prefix: "[\"EVENT\",\"s\",".into(),
+        suffix: "]",
+    };
+    let mut rx = source.query_json(q.clone(), framing, 2);
+    let mut texts = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        let batch = batch.expect("rendered");
+        assert!(batch.len() <= RENDER_BATCH, "{}", batch.len());
+        texts.extend(batch);
+    }
+    assert_eq!(texts.len(), got.len());
+    for (r, ev) in texts.iter().zip(&got) {
+        assert_eq!(r.position, Position::of(ev));
+        assert_eq!(r.text, format!("[\"EVENT\",\"s\",{}]", ev.to_json()));
+    }
     assert_eq!(source.count(q).await.expect("count") as usize, got.len());
 }

@@ -307,32 +307,22 @@ const HEX: [u8; 256] = {
 impl Event {
     /// The event as NIP-01 JSON (standard JSON escaping: this is the transport form).
     pub fn to_json(&self) -> String {
-        // Written field by field (the serving hot path): building a `serde_json::Value` first
-        // cost more than reading the event from the store.
-        fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
-            for b in bytes {
-                out.push(DIGITS[usize::from(b >> 4)]);
-                out.push(DIGITS[usize::from(b & 15)]);
-            }
-        }
         let mut out = Vec::with_capacity(400 + self.content.len());
-        out.extend_from_slice(b"{\"id\":\"");
-        hex_into(&mut out, &self.id);
-        out.extend_from_slice(b"\",\"pubkey\":\"");
-        hex_into(&mut out, &self.pubkey);
-        out.extend_from_slice(b"\",\"created_at\":");
-        out.extend_from_slice(self.created_at.to_string().as_bytes());
-        out.extend_from_slice(b",\"kind\":");
-        out.extend_from_slice(self.kind.to_string().as_bytes());
-        out.extend_from_slice(b",\"tags\":");
-        // Strings and arrays of strings cannot fail to serialize.
-        let _ = serde_json::to_writer(&mut out, &self.tags);
-        out.extend_from_slice(b",\"content\":");
-        let _ = serde_json::to_writer(&mut out, &self.content);
-        out.extend_from_slice(b",\"sig\":\"");
-        hex_into(&mut out, &self.sig);
-        out.extend_from_slice(b"\"}");
+        write_json(
+            &mut out,
+            JsonParts {
+                id: &self.id,
+                pubkey: &self.pubkey,
+                created_at: self.created_at,
+                kind: self.kind,
+                content: &self.content,
+                sig: &self.sig,
+            },
+            |out| {
+                // Strings and arrays of strings cannot fail to serialize.
+                let _ = serde_json::to_writer(out, &self.tags);
+            },
+        );
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -388,6 +378,161 @@ impl Event {
             return None;
         }
         bytes.get(97..105)?.try_into().ok().map(u64::from_be_bytes)
+    }
+}
+
+/// The fields of an event's JSON besides its tags.
+struct JsonParts<'a> {
+    id: &'a [u8; 32],
+    pubkey: &'a [u8; 32],
+    created_at: u64,
+    kind: u16,
+    content: &'a str,
+    sig: &'a [u8; 64],
+}
+
+/// Write an event's NIP-01 JSON into `out`, field by field (the serving hot path: building a
+/// `serde_json::Value` first cost more than reading the event from the store); `tags` writes
+/// the tags array.
+fn write_json(out: &mut Vec<u8>, e: JsonParts<'_>, tags: impl FnOnce(&mut Vec<u8>)) {
+    fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            out.push(DIGITS[usize::from(b >> 4)]);
+            out.push(DIGITS[usize::from(b & 15)]);
+        }
+    }
+    out.extend_from_slice(b"{\"id\":\"");
+    hex_into(out, e.id);
+    out.extend_from_slice(b"\",\"pubkey\":\"");
+    hex_into(out, e.pubkey);
+    out.extend_from_slice(b"\",\"created_at\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.created_at).as_bytes());
+    out.extend_from_slice(b",\"kind\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.kind).as_bytes());
+    out.extend_from_slice(b",\"tags\":");
+    tags(out);
+    out.extend_from_slice(b",\"content\":");
+    // A string cannot fail to serialize.
+    let _ = serde_json::to_writer(&mut *out, e.content);
+    out.extend_from_slice(b",\"sig\":\"");
+    hex_into(out, e.sig);
+    out.extend_from_slice(b"\"}");
+}
+
+/// An event as the store keeps it ([`Event::encode`]), read without decoding its tags. The
+/// serving hot path writes its JSON from here: the stored tags are already the JSON array
+/// `serde_json` wrote for them at ingest (the same serializer [`Event::to_json`] uses), so they
+/// are copied as they are instead of being parsed into strings and written again.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    id: [u8; 32],
+    bytes: Vec<u8>,
+    tags_end: usize,
+}
+
+impl EncodedEvent {
+    /// Check a stored record's frame (header, tags bounds, UTF-8 content); `None` for anything
+    /// else (an evicted record, a corrupt one).
+    pub fn new(id: [u8; 32], bytes: Vec<u8>) -> Option<EncodedEvent> {
+        if bytes.len() < 111 || bytes[0] != 1 {
+            return None;
+        }
+        let tags_len = u32::from_be_bytes(bytes[107..111].try_into().ok()?) as usize;
+        let tags_end = 111usize.checked_add(tags_len)?;
+        let tags = bytes.get(111..tags_end)?;
+        if tags.first() != Some(&b'[') || tags.last() != Some(&b']') {
+            return None;
+        }
+        // Tags and content in one pass: the JSON written from them is then valid UTF-8.
+        std::str::from_utf8(&bytes[111..]).ok()?;
+        Some(EncodedEvent {
+            id,
+            bytes,
+            tags_end,
+        })
+    }
+
+    pub fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+
+    pub fn pubkey(&self) -> &[u8; 32] {
+        self.bytes[65..97].try_into().expect("checked in new")
+    }
+
+    pub fn created_at(&self) -> u64 {
+        u64::from_be_bytes(self.bytes[97..105].try_into().expect("checked in new"))
+    }
+
+    pub fn kind(&self) -> u16 {
+        u16::from_be_bytes(self.bytes[105..107].try_into().expect("checked in new"))
+    }
+
+    fn sig(&self) -> &[u8; 64] {
+        self.bytes[1..65].try_into().expect("checked in new")
+    }
+
+    fn content(&self) -> &str {
+        // Checked in `new`; never panics.
+        std::str::from_utf8(&self.bytes[self.tags_end..]).unwrap_or_default()
+    }
+
+    /// The tags, parsed; `None` if the stored JSON is corrupt.
+    pub fn tags(&self) -> Option<Vec<Vec<String>>> {
+        serde_json::from_slice(&self.bytes[111..self.tags_end]).ok()
+    }
+
+    /// The whole event; `None` if its stored tags are corrupt.
+    pub fn decode(&self) -> Option<Event> {
+        Some(Event {
+            id: self.id,
+            pubkey: *self.pubkey(),
+            created_at: self.created_at(),
+            kind: self.kind(),
+            tags: self.tags()?,
+            content: self.content().to_owned(),
+            sig: *self.sig(),
+        })
+    }
+
+    /// `prefix`, the event's NIP-01 JSON (the same bytes as [`Event::to_json`]), `suffix`.
+    pub fn framed_json(&self, prefix: &str, suffix: &str) -> String {
+        let mut out = Vec::with_capacity(prefix.len() + 300 + 2 * self.bytes.len() + suffix.len());
+        out.extend_from_slice(prefix.as_bytes());
+        self.write_json(&mut out);
+        out.extend_from_slice(suffix.as_bytes());
+        // Valid UTF-8 (checked in `new`, hex and digits otherwise); never the default.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Append the event's NIP-01 JSON to `out`: the same bytes as [`Event::to_json`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let parts = JsonParts {
+            id: &self.id,
+            pubkey: self.pubkey(),
+            created_at: self.created_at(),
+            kind: self.kind(),
+            content: self.content(),
+            sig: self.sig(),
+        };
+        write_json(out, parts, |out| {
+            out.extend_from_slice(&self.bytes[111..self.tags_end])
+        });
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The stored record (to quarantine it).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 }
 
@@ -533,5 +678,52 @@ mod tests {
             .verify()
             .unwrap();
         assert_eq!(again, ev);
+    }
+
+    #[test]
+    fn stored_records_give_the_same_json_and_event_without_decoding() {
+        let content = "q\"uote\\ back\nnew\tline \u{1} \u{7f} é 🦀 </script>";
+        let tags = vec![
+            vec!["e".into(), "ab".repeat(32), "wss://r".into()],
+            vec!["t".into(), "\"x\"\\\u{2028}é".into()],
+            vec!["d".into(), String::new()],
+        ];
+        let ev = parse(&raw(&signed(content, tags)), &EventLimits::default())
+            .unwrap()
+            .verify()
+            .unwrap();
+        let enc = EncodedEvent::new(ev.id, ev.encode()).expect("a sound record");
+        assert_eq!(enc.framed_json("[", "]"), format!("[{}]", ev.to_json()));
+        assert_eq!(enc.decode().as_ref(), Some(&ev));
+        assert_eq!(
+            (enc.id(), enc.pubkey(), enc.created_at(), enc.kind()),
+            (&ev.id, &ev.pubkey, ev.created_at, ev.kind)
+        );
+        // Corrupt frames are refused, never read past: short, wrong tag, tags length past the
+        // end, tags that are not an array, content that is not UTF-8.
+        let good = ev.encode();
+        let mut bad: Vec<Vec<u8>> = vec![good[..110].to_vec(), {
+            let mut b = good.clone();
+            b[0] = 2;
+            b
+        }];
+        let mut long = good.clone();
+        long[107..111].copy_from_slice(&u32::MAX.to_be_bytes());
+        bad.push(long);
+        let mut not_array = good.clone();
+        not_array[111] = b'{';
+        bad.push(not_array);
+        let mut not_utf8 = good.clone();
+        not_utf8.push(0xff);
+        bad.push(not_utf8);
+        for b in bad {
+            assert!(EncodedEvent::new(ev.id, b).is_none());
+        }
+        // Sound frame, tags not JSON: no event, and no matter for the JSON path's callers,
+        // which check `decode` / `tags` where they need them.
+        let mut broken = good.clone();
+        broken[112] = b'x';
+        let enc = EncodedEvent::new(ev.id, broken).expect("frame");
+        assert!(enc.decode().is_none() && enc.tags().is_none());
     }
 }

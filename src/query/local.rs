@@ -7,8 +7,11 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{BoxFuture, EventSource, Matcher, Position, Query, QueryError};
-use crate::protocol::event::decode_hex;
+use super::{
+    BoxFuture, EventSource, Framing, Matcher, Position, Query, QueryError, Rendered, RENDER_BATCH,
+    RENDER_BATCH_BYTES,
+};
+use crate::protocol::event::{decode_hex, EncodedEvent};
 use crate::protocol::{Event, Filter};
 use crate::store::events::index::{IndexScan, Prefix};
 use crate::store::EventStore;
@@ -57,7 +60,7 @@ struct FilterRun<'a> {
     /// Latest version per replaceable/addressable key, as found during this query.
     latest: HashMap<Vec<u8>, Option<[u8; 32]>>,
     /// Bodies fetched ahead of the heap ([`FilterRun::body`]).
-    bodies: HashMap<[u8; 32], Option<Event>>,
+    bodies: HashMap<[u8; 32], Option<EncodedEvent>>,
 }
 
 impl<'a> FilterRun<'a> {
@@ -149,7 +152,7 @@ impl<'a> FilterRun<'a> {
 
     /// The body of `id`: fetched ahead, or now together with the ids the scans will return
     /// next (up to [`PREFETCH`], one `MultiGet`).
-    fn body(&mut self, id: [u8; 32]) -> Result<Option<Event>, QueryError> {
+    fn body(&mut self, id: [u8; 32]) -> Result<Option<EncodedEvent>, QueryError> {
         if let Some(b) = self.bodies.remove(&id) {
             return Ok(b);
         }
@@ -163,7 +166,7 @@ impl<'a> FilterRun<'a> {
                 break;
             }
         }
-        let mut got = self.store.get_many(&ids)?.into_iter();
+        let mut got = self.store.get_many_encoded(&ids)?.into_iter();
         let first = got.next().flatten();
         if self.bodies.len() > 4 * PREFETCH {
             // Fetched ahead and never asked for (duplicates across scans): start over.
@@ -178,9 +181,12 @@ impl<'a> FilterRun<'a> {
     /// Is `ev` the latest version of its replaceable or addressable key? One index seek per
     /// key per query: versions of one key recur within an answer (a profile's versions in a
     /// time window), and the answer is over one snapshot of "latest" anyway.
-    fn is_latest(&mut self, ev: &Event) -> Result<bool, QueryError> {
-        let Some(prefix) = Prefix::versions(ev) else {
-            return Ok(true);
+    fn is_latest(&mut self, ev: &EncodedEvent) -> Result<bool, QueryError> {
+        let prefix = match Prefix::versions_encoded(ev) {
+            Some(Some(p)) => p,
+            Some(None) => return Ok(true),
+            // Corrupt tags: not served.
+            None => return Ok(false),
         };
         let latest = match self.latest.get(&prefix) {
             Some(l) => *l,
@@ -193,7 +199,7 @@ impl<'a> FilterRun<'a> {
                 l
             }
         };
-        Ok(latest.is_none_or(|id| id == ev.id))
+        Ok(latest.is_none_or(|id| id == *ev.id()))
     }
 
     fn refill(&mut self, i: usize) -> Result<(), QueryError> {
@@ -208,7 +214,7 @@ impl<'a> FilterRun<'a> {
         &mut self,
         deadline: Option<Instant>,
         tick: &mut u32,
-    ) -> Result<Option<Event>, QueryError> {
+    ) -> Result<Option<EncodedEvent>, QueryError> {
         while self.remaining > 0 {
             let Some(Reverse((k, i))) = self.heap.pop() else {
                 return Ok(None);
@@ -226,7 +232,7 @@ impl<'a> FilterRun<'a> {
             let Some(ev) = self.body(k.1)? else {
                 continue;
             };
-            if !self.matcher.matches(&ev) {
+            if !self.matcher.matches_encoded(&ev) {
                 continue;
             }
             if !self.all_versions && !self.is_latest(&ev)? {
@@ -241,7 +247,7 @@ impl<'a> FilterRun<'a> {
 
 /// A whole query's answer over the local store, as a blocking iterator.
 pub struct LocalAnswer<'a> {
-    runs: Vec<(FilterRun<'a>, Option<Event>)>,
+    runs: Vec<(FilterRun<'a>, Option<EncodedEvent>)>,
     deadline: Option<Instant>,
     tick: u32,
     primed: bool,
@@ -265,7 +271,7 @@ impl<'a> LocalAnswer<'a> {
         })
     }
 
-    fn next_event(&mut self) -> Result<Option<Event>, QueryError> {
+    fn next_event(&mut self) -> Result<Option<EncodedEvent>, QueryError> {
         if !self.primed {
             self.primed = true;
             for (run, pending) in &mut self.runs {
@@ -277,17 +283,14 @@ impl<'a> LocalAnswer<'a> {
             .runs
             .iter()
             .enumerate()
-            .filter_map(|(i, (_, p))| p.as_ref().map(|e| (Position::of(e).order_key(), i)))
+            .filter_map(|(i, (_, p))| p.as_ref().map(|e| (order_key(e), i)))
             .min();
         let Some((k, _)) = best else {
             return Ok(None);
         };
         let mut out = None;
         for (run, pending) in &mut self.runs {
-            if pending
-                .as_ref()
-                .is_some_and(|e| Position::of(e).order_key() == k)
-            {
+            if pending.as_ref().is_some_and(|e| order_key(e) == k) {
                 let ev = pending.take();
                 *pending = run.next(self.deadline, &mut self.tick)?;
                 out = out.or(ev);
@@ -297,8 +300,19 @@ impl<'a> LocalAnswer<'a> {
     }
 }
 
+fn order_key(e: &EncodedEvent) -> Key {
+    key(e.created_at(), *e.id())
+}
+
+fn position(e: &EncodedEvent) -> Position {
+    Position {
+        created_at: e.created_at(),
+        id: *e.id(),
+    }
+}
+
 impl Iterator for LocalAnswer<'_> {
-    type Item = Result<Event, QueryError>;
+    type Item = Result<EncodedEvent, QueryError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_event().transpose()
@@ -328,14 +342,18 @@ impl LocalSource {
         }
         Ok(n)
     }
-}
 
-impl EventSource for LocalSource {
-    fn query(
+    /// Run a query on a blocking thread, handing over what `each` makes of every event
+    /// (`None`: skip it) in batches of `batch` items (or once they weigh `max_bytes`), over a
+    /// channel of `buffer` batches.
+    fn stream<T: Send + 'static>(
         &self,
         q: Query,
         buffer: usize,
-    ) -> tokio::sync::mpsc::Receiver<Result<Event, QueryError>> {
+        batch: usize,
+        max_bytes: usize,
+        each: impl Fn(EncodedEvent) -> Option<(T, usize)> + Send + 'static,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<T>, QueryError>> {
         let (tx, rx) = tokio::sync::mpsc::channel(buffer.max(1));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -346,15 +364,75 @@ impl EventSource for LocalSource {
                     return;
                 }
             };
+            let mut out = Vec::with_capacity(batch);
+            let mut bytes = 0;
             for item in answer {
-                let stop = item.is_err();
-                // The reader went away: stop reading the store.
-                if tx.blocking_send(item).is_err() || stop {
-                    return;
+                match item {
+                    Ok(ev) => {
+                        let Some((t, n)) = each(ev) else { continue };
+                        out.push(t);
+                        bytes += n;
+                        if out.len() >= batch || bytes >= max_bytes {
+                            // The reader went away: stop reading the store.
+                            if tx.blocking_send(Ok(std::mem::take(&mut out))).is_err() {
+                                return;
+                            }
+                            out.reserve(batch);
+                            bytes = 0;
+                        }
+                    }
+                    Err(e) => {
+                        if !out.is_empty() && tx.blocking_send(Ok(out)).is_err() {
+                            return;
+                        }
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
                 }
+            }
+            if !out.is_empty() {
+                let _ = tx.blocking_send(Ok(out));
             }
         });
         rx
+    }
+}
+
+impl EventSource for LocalSource {
+    fn query(
+        &self,
+        q: Query,
+        batches: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<Event>, QueryError>> {
+        self.stream(q, batches, RENDER_BATCH, RENDER_BATCH_BYTES, |enc| {
+            let n = enc.len();
+            // Stored tags that are not JSON: not served, as any corrupt record.
+            enc.decode().map(|ev| (ev, n))
+        })
+    }
+
+    fn query_positions(
+        &self,
+        q: Query,
+        batches: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<Position>, QueryError>> {
+        self.stream(q, batches, 1024, usize::MAX, |enc| {
+            Some((position(&enc), 0))
+        })
+    }
+
+    fn query_json(
+        &self,
+        q: Query,
+        framing: Framing,
+        batches: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<Rendered>, QueryError>> {
+        self.stream(q, batches, RENDER_BATCH, RENDER_BATCH_BYTES, move |ev| {
+            let text = ev.framed_json(&framing.prefix, framing.suffix);
+            let n = text.len();
+            let position = position(&ev);
+            Some((Rendered { position, text }, n))
+        })
     }
 
     fn count(&self, q: Query) -> BoxFuture<'_, Result<u64, QueryError>> {

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-use crate::protocol::event::decode_hex;
+use crate::protocol::event::{decode_hex, EncodedEvent};
 use crate::protocol::{Event, Filter};
 use crate::store::StoreError;
 
@@ -84,18 +84,58 @@ pub enum QueryError {
     Cancelled,
 }
 
+/// Events per batch of a rendered answer ([`EventSource::query_json`]).
+pub const RENDER_BATCH: usize = 64;
+/// A rendered batch holding at least this many bytes is handed over before it is full.
+pub const RENDER_BATCH_BYTES: usize = 64 << 10;
+
+/// What goes around each event's JSON in a rendered answer: `["EVENT","sub",` and `]` for
+/// the relay, nothing and a newline for NDJSON.
+#[derive(Debug, Clone, Default)]
+pub struct Framing {
+    pub prefix: String,
+    pub suffix: &'static str,
+}
+
+/// One event of a rendered answer: its place in the answer order and its framed JSON.
+#[derive(Debug)]
+pub struct Rendered {
+    pub position: Position,
+    pub text: String,
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What a read side serves from: the node's store here, the central archive in PostgreSQL.
 /// One conformance suite (tests/query.rs) runs against every implementation.
 pub trait EventSource: Send + Sync + 'static {
-    /// Stream the answer, newest first; at most `buffer` events are held ahead of the reader
-    /// (a reader that stops reading stops the query). Dropping the receiver cancels it.
+    /// Stream the answer, newest first, in batches; at most `batches` batches are held ahead
+    /// of the reader (a reader that stops reading stops the query). Dropping the receiver
+    /// cancels it. An error ends the answer.
     fn query(
         &self,
         q: Query,
-        buffer: usize,
-    ) -> tokio::sync::mpsc::Receiver<Result<Event, QueryError>>;
+        batches: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<Event>, QueryError>>;
+
+    /// Only where each event of the answer stands (NIP-77 reconciliation needs no more).
+    fn query_positions(
+        &self,
+        q: Query,
+        batches: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<Position>, QueryError>>;
+
+    /// The same answer with each event already written as NIP-01 JSON between
+    /// `framing.prefix` and `framing.suffix`, in batches of up to [`RENDER_BATCH`] events or
+    /// about [`RENDER_BATCH_BYTES`]; at most `batches` batches are held ahead of the reader.
+    /// This is the serving hot path: one hand-over per batch instead of per event, and a
+    /// source may write the JSON from what it stores without building an [`Event`].
+    fn query_json(
+        &self,
+        q: Query,
+        framing: Framing,
+        batches: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<Rendered>, QueryError>>;
 
     /// How many events the filters match (NIP-45: `limit` is ignored), latest versions only
     /// unless `all_versions`.
@@ -133,18 +173,33 @@ impl Matcher {
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
-        ev.created_at >= self.since
-            && ev.created_at <= self.until
-            && self.kinds.as_ref().is_none_or(|k| k.contains(&ev.kind))
-            && self.ids.as_ref().is_none_or(|s| s.contains(&ev.id))
-            && self.authors.as_ref().is_none_or(|s| s.contains(&ev.pubkey))
-            && self.tags.iter().all(|(letter, values)| {
-                let mut buf = [0u8; 4];
-                let name: &str = letter.encode_utf8(&mut buf);
-                ev.tags.iter().any(|t| {
-                    t.first().map(String::as_str) == Some(name)
-                        && t.get(1).is_some_and(|v| values.contains(v))
-                })
+        self.matches_fields(&ev.id, &ev.pubkey, ev.created_at, ev.kind)
+            && self.matches_tags(&ev.tags)
+    }
+
+    /// The same as [`Matcher::matches`] over a stored record; its tags are parsed only when
+    /// this filter has tag conditions (a corrupt tags field matches none).
+    pub fn matches_encoded(&self, ev: &EncodedEvent) -> bool {
+        self.matches_fields(ev.id(), ev.pubkey(), ev.created_at(), ev.kind())
+            && (self.tags.is_empty() || ev.tags().is_some_and(|t| self.matches_tags(&t)))
+    }
+
+    fn matches_fields(&self, id: &[u8; 32], pubkey: &[u8; 32], created_at: u64, kind: u16) -> bool {
+        created_at >= self.since
+            && created_at <= self.until
+            && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+            && self.ids.as_ref().is_none_or(|s| s.contains(id))
+            && self.authors.as_ref().is_none_or(|s| s.contains(pubkey))
+    }
+
+    fn matches_tags(&self, tags: &[Vec<String>]) -> bool {
+        self.tags.iter().all(|(letter, values)| {
+            let mut buf = [0u8; 4];
+            let name: &str = letter.encode_utf8(&mut buf);
+            tags.iter().any(|t| {
+                t.first().map(String::as_str) == Some(name)
+                    && t.get(1).is_some_and(|v| values.contains(v))
             })
+        })
     }
 }

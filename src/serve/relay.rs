@@ -22,7 +22,7 @@ use super::access::{Caller, Cost};
 use super::live::LiveEvent;
 use super::ServeCtx;
 use crate::protocol::Filter;
-use crate::query::{Matcher, Query, QueryError};
+use crate::query::{Framing, Matcher, Query, QueryError};
 
 /// Longest subscription id accepted (NIP-01 leaves it to relays; 64 is what most use).
 const MAX_SUB_ID: usize = 64;
@@ -39,7 +39,7 @@ const NEG_FRAME_LIMIT: u64 = 256 << 10;
 /// The frames queued for one client, bounded in bytes.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::UnboundedSender<String>,
+    tx: mpsc::UnboundedSender<Vec<String>>,
     budget: Arc<Semaphore>,
     max: usize,
     write_timeout: Duration,
@@ -47,17 +47,19 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn cost(&self, frame: &str) -> u32 {
-        frame.len().clamp(1, self.max) as u32
-    }
-
     /// Queue a frame, waiting for room; false once the connection is being closed.
     async fn send(&self, frame: String) -> bool {
-        let n = self.cost(&frame);
+        self.send_all(vec![frame]).await
+    }
+
+    /// Queue frames (a stored answer's batch), waiting for room; false once the connection
+    /// is being closed.
+    async fn send_all(&self, frames: Vec<String>) -> bool {
+        let n = cost(&frames, self.max) as u32;
         match tokio::time::timeout(self.write_timeout, self.budget.acquire_many(n)).await {
             Ok(Ok(p)) => {
                 p.forget();
-                self.tx.send(frame).is_ok()
+                self.tx.send(frames).is_ok()
             }
             _ => {
                 self.close(format!(
@@ -71,10 +73,11 @@ impl Outbox {
 
     /// Queue a frame now or close the connection (live events cannot wait).
     fn send_now(&self, frame: String) -> bool {
-        match self.budget.try_acquire_many(self.cost(&frame)) {
+        let frames = vec![frame];
+        match self.budget.try_acquire_many(cost(&frames, self.max) as u32) {
             Ok(p) => {
                 p.forget();
-                self.tx.send(frame).is_ok()
+                self.tx.send(frames).is_ok()
             }
             Err(_) => {
                 self.close("the client does not read fast enough to follow live events".into());
@@ -93,6 +96,17 @@ impl Outbox {
             }
         });
     }
+}
+
+/// What queued frames count against a connection's outbound budget (`max` bytes): their bytes,
+/// at least one each, at most the whole budget (a batch larger than the budget waits until it
+/// is all free).
+fn cost(frames: &[String], max: usize) -> usize {
+    frames
+        .iter()
+        .map(|f| f.len().max(1))
+        .sum::<usize>()
+        .clamp(1, max)
 }
 
 fn json_str(s: &str) -> String {
@@ -194,7 +208,7 @@ where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Sink<Message> + Send + Unpin + 'static,
 {
     let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<String>>();
     let max = ctx.cfg.outbound_buffer_kb << 10;
     let budget = Arc::new(Semaphore::new(max));
     let (kill_tx, mut kill_rx) = watch::channel(None::<String>);
@@ -208,16 +222,20 @@ where
     let writer = tokio::spawn(async move {
         // Frames already queued go out in one flush (one write for a page of events instead of
         // one per event), at most WRITE_BATCH bytes at a time.
-        'frames: while let Some(frame) = rx.recv().await {
-            let mut n = frame.len().clamp(1, max);
-            if sink.feed(Message::text(frame)).await.is_err() {
-                break;
-            }
-            while n < WRITE_BATCH {
-                let Ok(more) = rx.try_recv() else { break };
-                n += more.len().clamp(1, max);
-                if sink.feed(Message::text(more)).await.is_err() {
-                    break 'frames;
+        'frames: while let Some(frames) = rx.recv().await {
+            let mut n = cost(&frames, max);
+            let mut queued = Some(frames);
+            while let Some(frames) = queued.take() {
+                for frame in frames {
+                    if sink.feed(Message::text(frame)).await.is_err() {
+                        break 'frames;
+                    }
+                }
+                if n < WRITE_BATCH {
+                    if let Ok(more) = rx.try_recv() {
+                        n += cost(&more, max);
+                        queued = Some(more);
+                    }
                 }
             }
             if sink.flush().await.is_err() {
@@ -404,19 +422,20 @@ async fn neg_open(ctx: &Arc<ServeCtx>, msg: &[Value], sub: &str) -> Result<(Neg,
             deadline: Some(Instant::now() + Duration::from_millis(ctx.cfg.query_timeout_ms)),
             ..Query::default()
         };
-        let mut rx = ctx.source.query(q, 256);
+        let mut rx = ctx.source.query_positions(q, 4);
         let mut n = 0;
         while let Some(item) = rx.recv().await {
-            let ev = item.map_err(|e| query_reason(&e))?;
-            n += 1;
-            if n > max {
-                return Err(format!(
-                    "blocked: more than {max} events match this filter (serve.max_negentropy_items); narrow it with since/until"
-                ));
+            for p in item.map_err(|e| query_reason(&e))? {
+                n += 1;
+                if n > max {
+                    return Err(format!(
+                        "blocked: more than {max} events match this filter (serve.max_negentropy_items); narrow it with since/until"
+                    ));
+                }
+                storage
+                    .insert(p.created_at, negentropy::Id::from_byte_array(p.id))
+                    .map_err(|e| format!("error: {e}"))?;
             }
-            storage
-                .insert(ev.created_at, negentropy::Id::from_byte_array(ev.id))
-                .map_err(|e| format!("error: {e}"))?;
         }
     }
     storage.seal().map_err(|e| format!("error: {e}"))?;
@@ -696,15 +715,22 @@ async fn history(
     let mut sent = HashSet::new();
     let started = Instant::now();
     if !q.filters.is_empty() {
-        let mut rx = ctx.source.query(q, 64);
+        let framing = Framing {
+            prefix: format!("[\"EVENT\",{},", json_str(&sub)),
+            suffix: "]",
+        };
+        let mut rx = ctx.source.query_json(q, framing, 2);
         while let Some(item) = rx.recv().await {
             match item {
-                Ok(ev) => {
-                    sent.insert(ev.id);
+                Ok(batch) => {
+                    sent.extend(batch.iter().map(|r| r.position.id));
                     ctx.stats
                         .events_sent
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if !out.send(event_frame(&sub, &ev)).await {
+                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if !out
+                        .send_all(batch.into_iter().map(|r| r.text).collect())
+                        .await
+                    {
                         return;
                     }
                 }

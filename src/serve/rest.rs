@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use super::ServeCtx;
 use crate::protocol::event::decode_hex;
 use crate::protocol::Filter;
-use crate::query::{Position, Query, QueryError};
+use crate::query::{Framing, Position, Query, QueryError, RENDER_BATCH_BYTES};
 
 /// What a handler answers: a status and a JSON body (a problem when not 2xx).
 pub struct Reply {
@@ -202,14 +202,16 @@ pub async fn events(ctx: &ServeCtx, query: Option<&str>) -> Reply {
     asked.filter.limit = Some(limit);
     let q = one_filter(ctx, asked);
     let started = Instant::now();
-    let mut rx = ctx.source.query(q, 64);
+    let mut rx = ctx.source.query_json(q, Framing::default(), 4);
     let mut out = Vec::new();
     let mut last = None;
     while let Some(item) = rx.recv().await {
         match item {
-            Ok(ev) => {
-                last = Some(Position::of(&ev));
-                out.push(event_json(&ev));
+            Ok(batch) => {
+                for r in batch {
+                    last = Some(r.position);
+                    out.push(serde_json::from_str::<Value>(&r.text).unwrap_or(Value::Null));
+                }
             }
             Err(e) => return query_problem(&e),
         }
@@ -444,14 +446,21 @@ pub async fn export(ctx: &Arc<ServeCtx>, query: Option<&str>) -> Result<super::C
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let mut events = ctx.source.query(q, 256);
-        let mut chunk = Vec::with_capacity(EXPORT_CHUNK + 4096);
+        let lines = Framing {
+            prefix: String::new(),
+            suffix: "\n",
+        };
+        let mut events = ctx.source.query_json(q, lines, 4);
+        let mut chunk = Vec::with_capacity(EXPORT_CHUNK + RENDER_BATCH_BYTES);
         while let Some(item) = events.recv().await {
             match item {
-                Ok(ev) => {
-                    chunk.extend_from_slice(ev.to_json().as_bytes());
-                    chunk.push(b'\n');
-                    ctx.stats.exported.fetch_add(1, Ordering::Relaxed);
+                Ok(batch) => {
+                    for r in &batch {
+                        chunk.extend_from_slice(r.text.as_bytes());
+                    }
+                    ctx.stats
+                        .exported
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     if chunk.len() >= EXPORT_CHUNK
                         && !feed.send(std::mem::take(&mut chunk), stall).await
                     {

@@ -24,7 +24,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use sha2::{Digest, Sha256};
 
 use super::{EventStore, StoreError, CF_BY_TIME, CF_EVENTS, CF_META};
-use crate::protocol::event::decode_hex;
+use crate::protocol::event::{decode_hex, EncodedEvent};
 use crate::protocol::Event;
 
 pub(super) const CF_INDEX: &str = "index";
@@ -146,12 +146,29 @@ impl Prefix {
             None
         }
     }
+
+    /// [`Prefix::versions`] of a stored record (its tags are parsed only for an addressable
+    /// kind); `None` also when they are corrupt.
+    pub fn versions_encoded(ev: &EncodedEvent) -> Option<Option<Vec<u8>>> {
+        let kind = ev.kind();
+        if is_replaceable(kind) {
+            Some(Some(Self::author_kind(ev.pubkey(), kind)))
+        } else if is_addressable(kind) {
+            let tags = ev.tags()?;
+            Some(Some(Self::address(ev.pubkey(), kind, first_d(&tags))))
+        } else {
+            Some(None)
+        }
+    }
 }
 
 /// The first `d` tag's value ("" when there is none), as NIP-01 addresses events by it.
 fn d_tag(ev: &Event) -> &str {
-    ev.tags
-        .iter()
+    first_d(&ev.tags)
+}
+
+fn first_d(tags: &[Vec<String>]) -> &str {
+    tags.iter()
         .find(|t| t.first().map(String::as_str) == Some("d"))
         .and_then(|t| t.get(1))
         .map_or("", String::as_str)
