@@ -229,6 +229,12 @@ impl EventStore {
             }
             let mut o = Options::default();
             o.set_block_based_table_factory(&block);
+            if name == CF_EVENTS || name == CF_SEEN {
+                // The same for the memtable: most lookups are of ids not stored yet, which a
+                // small bloom filter answers without a descent through the skip list.
+                o.set_memtable_prefix_bloom_ratio(0.02);
+                o.set_memtable_whole_key_filtering(true);
+            }
             o.set_write_buffer_size(opts.write_buffer_bytes / 4);
             o.set_max_write_buffer_number(2);
             // Event bodies are text and compress ~2x; the other families hold random ids and
@@ -503,6 +509,12 @@ impl EventStore {
         let mut seen_in_batch: std::collections::HashSet<[u8; 32]> =
             std::collections::HashSet::new();
         let mut tally = stats::Tally::default();
+        // Keys of the random-order families are collected and put in key order (see
+        // `index::PageKeys`); the ingest and spool keys are sequential already.
+        let mut bodies: Vec<([u8; 32], Vec<u8>)> = Vec::new();
+        let mut times: Vec<[u8; 40]> = Vec::new();
+        let mut seen: Vec<[u8; 36]> = Vec::new();
+        let mut index_keys = index::PageKeys::default();
         for (i, ev) in events.iter().enumerate() {
             let was_known = known.get(i).copied().unwrap_or(false);
             let mut seen_key = [0u8; 36];
@@ -513,12 +525,12 @@ impl EventStore {
                 && (lookups_current || !self.contains(&ev.id)?);
             if is_new {
                 in_batch.insert(ev.id);
-                batch.put_cf(cf_events, ev.id, ev.encode());
+                bodies.push((ev.id, ev.encode()));
                 let mut tkey = [0u8; 40];
                 tkey[..8].copy_from_slice(&ev.created_at.to_be_bytes());
                 tkey[8..].copy_from_slice(&ev.id);
-                batch.put_cf(cf_time, tkey, []);
-                self.put_index(&mut batch, ev);
+                times.push(tkey);
+                index_keys.add(ev);
                 tally.add(ev, 1);
                 batch.put_cf(self.cf(CF_INGEST), ingest.to_be_bytes(), ev.id);
                 ingest += 1;
@@ -527,7 +539,7 @@ impl EventStore {
             let new_sighting = seen_in_batch.insert(ev.id)
                 && (is_new || self.db.get_pinned_cf(cf_seen, seen_key)?.is_none());
             if new_sighting {
-                batch.put_cf(cf_seen, seen_key, seen_at.to_be_bytes());
+                seen.push(seen_key);
                 stats.new_sightings += 1;
                 if self.spool {
                     let mut rec = [0u8; 45];
@@ -543,6 +555,20 @@ impl EventStore {
         if stats.new_sightings == 0 {
             return Ok(stats);
         }
+        bodies.sort_unstable_by_key(|b| b.0);
+        for (id, body) in &bodies {
+            batch.put_cf(cf_events, id, body);
+        }
+        times.sort_unstable();
+        for k in &times {
+            batch.put_cf(cf_time, k, []);
+        }
+        seen.sort_unstable();
+        let at = seen_at.to_be_bytes();
+        for k in &seen {
+            batch.put_cf(cf_seen, k, at);
+        }
+        self.put_index_sorted(&mut batch, &index_keys);
         if !tally.is_empty() {
             tally.write(self, &mut batch);
         }
