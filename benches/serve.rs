@@ -5,7 +5,8 @@
 //! 1. `shapes`: for each query shape (an id lookup, an author+kind query, a tag query, a time
 //!    scan with no indexed field) BENCH_QUERIES REQs (default 400) one after another on one
 //!    websocket: p50/p99 latency (REQ to EOSE) and events per CPU-second of the server process
-//!    (utime+stime from /proc, so the client's own work is not counted).
+//!    (its threads' CPU time from /proc/PID/task/*/schedstat, in nanoseconds, so the client's
+//!    own work is not counted).
 //! 2. `idle`: RSS per idle websocket connection: BENCH_CONNS connections (default 1,000), each
 //!    with one live subscription, VmRSS after minus before, per connection. Goal <= 50 KB.
 //! 3. `export`: peak RSS while 100 clients stream `/v1/export` of the whole store at once
@@ -18,6 +19,7 @@
 #[allow(unused_imports)]
 mod support;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,19 +33,32 @@ fn node_bin() -> String {
     std::env::var("BENCH_NODE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bigbrotr").into())
 }
 
-/// utime + stime of a process, seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |x| x.1);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // Fields 14 and 15 of stat; after ")" the state (field 3) is not numeric, so index 10/11.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
+/// CPU time of each thread of a process, nanoseconds (the first field of
+/// `/proc/PID/task/TID/schedstat`). utime + stime from `/proc/PID/stat` count in 10 ms ticks,
+/// too coarse for a shape that the server answers in a few hundredths of a CPU-second.
+fn thread_cpu_ns(pid: u32) -> HashMap<u32, u64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            Some((tid, stat.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPU seconds a process spent between two [`thread_cpu_ns`] readings: threads started in
+/// between count in full; a thread that ended in between is not counted (servers keep their
+/// worker threads; tokio's blocking threads live 10 s idle, longer than a shape runs).
+fn cpu_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> f64 {
+    let ns: u64 = after
+        .iter()
+        .map(|(tid, t)| t.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// A free loopback address.
@@ -215,7 +230,7 @@ async fn run_shapes(
     for shape in ["id", "author+kind", "tag", "time scan"] {
         let mut lat = Vec::with_capacity(queries);
         let mut got = 0usize;
-        let cpu0 = cpu_secs(pid);
+        let cpu0 = thread_cpu_ns(pid);
         for _ in 0..queries {
             let f = match shape {
                 "id" => json!({"ids": [notes[pick(notes.len())]]}),
@@ -236,7 +251,7 @@ async fn run_shapes(
             got += req(&mut ws, &format!("q{sub}"), &f).await;
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        let cpu = (cpu_secs(pid) - cpu0).max(1e-3);
+        let cpu = cpu_between(&cpu0, &thread_cpu_ns(pid)).max(1e-6);
         lat.sort_by(|a, b| a.total_cmp(b));
         out.push((
             shape,

@@ -450,7 +450,7 @@ pub async fn export(ctx: &Arc<ServeCtx>, query: Option<&str>) -> Result<super::C
             prefix: String::new(),
             suffix: "\n",
         };
-        let mut events = ctx.source.query_json(q, lines, 4);
+        let mut events = ctx.source.query_json(q, lines, 1);
         let mut chunk = Vec::with_capacity(EXPORT_CHUNK + RENDER_BATCH_BYTES);
         while let Some(item) = events.recv().await {
             match item {
