@@ -21,8 +21,10 @@ use crate::store::EventStore;
 const MAX_PAIR_SCANS: usize = 256;
 /// The clock is read once per this many candidates.
 const CLOCK_EVERY: u32 = 64;
-/// Bodies read in one batch ahead of the answer.
-const PREFETCH: usize = 64;
+/// Bodies read in one batch ahead of the answer: RocksDB's `MultiGet` works in batches of 32
+/// keys and insertion-sorts each batch; 64 read 5-10% slower per event than 24-32 in the
+/// serve bench, 256 15% slower (docs/BENCHMARKS.md, "Serving").
+const PREFETCH: usize = 32;
 /// Keys whose latest version one query remembers (then it starts over).
 const MAX_LATEST_CACHED: usize = 4096;
 
