@@ -529,11 +529,6 @@ impl EncodedEvent {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
-
-    /// The stored record (to quarantine it).
-    pub fn into_bytes(self) -> Vec<u8> {
-        self.bytes
-    }
 }
 
 /// NIP-01 kind classes.

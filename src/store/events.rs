@@ -605,27 +605,10 @@ impl EventStore {
         }
     }
 
-    /// [`EventStore::get`] for many ids in one RocksDB `MultiGet` (cheaper per key than one
-    /// lookup each), answers in the order of `ids`.
-    pub fn get_many(&self, ids: &[[u8; 32]]) -> Result<Vec<Option<Event>>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, enc) in ids.iter().zip(self.get_many_encoded(ids)?) {
-            out.push(match enc.map(|e| (e.decode(), e)) {
-                None => None,
-                Some((Some(ev), _)) => Some(ev),
-                Some((None, enc)) => {
-                    // Its frame was sound but its tags are not JSON.
-                    self.quarantine(CF_EVENTS, id, &enc.into_bytes())?;
-                    None
-                }
-            });
-        }
-        Ok(out)
-    }
-
-    /// Stored records of many events in one batched lookup, undecoded (the serving path writes
-    /// their JSON from the stored bytes); `None` for an absent, evicted or corrupt record (a
-    /// corrupt one is quarantined).
+    /// Stored records of many events in one RocksDB `MultiGet` (cheaper per key than one lookup
+    /// each), in the order of `ids`, undecoded (the serving path writes their JSON from the
+    /// stored bytes); `None` for an absent, evicted or corrupt record (a corrupt one is
+    /// quarantined).
     pub fn get_many_encoded(
         &self,
         ids: &[[u8; 32]],
