@@ -344,17 +344,13 @@ impl Event {
 
     /// Inverse of [`Event::encode`]; `None` for a corrupt record (the caller quarantines it).
     pub fn decode(id: [u8; 32], bytes: &[u8]) -> Option<Event> {
-        if bytes.len() < 111 || bytes[0] != 1 {
-            return None;
-        }
+        let tags_end = record_tags_end(bytes)?;
         let sig: [u8; 64] = bytes[1..65].try_into().ok()?;
         let pubkey: [u8; 32] = bytes[65..97].try_into().ok()?;
         let created_at = u64::from_be_bytes(bytes[97..105].try_into().ok()?);
         let kind = u16::from_be_bytes(bytes[105..107].try_into().ok()?);
-        let tags_len = u32::from_be_bytes(bytes[107..111].try_into().ok()?) as usize;
-        let tags_end = 111usize.checked_add(tags_len)?;
-        let tags: Vec<Vec<String>> = serde_json::from_slice(bytes.get(111..tags_end)?).ok()?;
-        let content = std::str::from_utf8(bytes.get(tags_end..)?).ok()?.to_owned();
+        let tags: Vec<Vec<String>> = serde_json::from_slice(&bytes[111..tags_end]).ok()?;
+        let content = std::str::from_utf8(&bytes[tags_end..]).ok()?.to_owned();
         Some(Event {
             id,
             pubkey,
@@ -374,11 +370,21 @@ impl Event {
     /// The `created_at` of a whole encoded record ([`Event::encode`]); `None` for anything
     /// else (a record kept for an evicted event, a corrupt one).
     pub fn encoded_created_at(bytes: &[u8]) -> Option<u64> {
-        if bytes.len() < 111 || bytes[0] != 1 {
-            return None;
-        }
+        record_tags_end(bytes)?;
         bytes.get(97..105)?.try_into().ok().map(u64::from_be_bytes)
     }
+}
+
+/// Where the tags of a whole record ([`Event::encode`]) end: its header is there, it is tagged
+/// as a whole event (not an evicted one) and its tags length stays inside it; else `None`.
+fn record_tags_end(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 111 || bytes[0] != 1 {
+        return None;
+    }
+    let tags_len = u32::from_be_bytes(bytes[107..111].try_into().ok()?) as usize;
+    111usize
+        .checked_add(tags_len)
+        .filter(|&end| end <= bytes.len())
 }
 
 /// The fields of an event's JSON besides its tags.
@@ -435,12 +441,8 @@ impl EncodedEvent {
     /// Check a stored record's frame (header, tags bounds, UTF-8 content); `None` for anything
     /// else (an evicted record, a corrupt one).
     pub fn new(id: [u8; 32], bytes: Vec<u8>) -> Option<EncodedEvent> {
-        if bytes.len() < 111 || bytes[0] != 1 {
-            return None;
-        }
-        let tags_len = u32::from_be_bytes(bytes[107..111].try_into().ok()?) as usize;
-        let tags_end = 111usize.checked_add(tags_len)?;
-        let tags = bytes.get(111..tags_end)?;
+        let tags_end = record_tags_end(&bytes)?;
+        let tags = &bytes[111..tags_end];
         if tags.first() != Some(&b'[') || tags.last() != Some(&b']') {
             return None;
         }

@@ -285,14 +285,17 @@ impl<'a> LocalAnswer<'a> {
             .runs
             .iter()
             .enumerate()
-            .filter_map(|(i, (_, p))| p.as_ref().map(|e| (order_key(e), i)))
+            .filter_map(|(i, (_, p))| p.as_ref().map(|e| (position(e).order_key(), i)))
             .min();
         let Some((k, _)) = best else {
             return Ok(None);
         };
         let mut out = None;
         for (run, pending) in &mut self.runs {
-            if pending.as_ref().is_some_and(|e| order_key(e) == k) {
+            if pending
+                .as_ref()
+                .is_some_and(|e| position(e).order_key() == k)
+            {
                 let ev = pending.take();
                 *pending = run.next(self.deadline, &mut self.tick)?;
                 out = out.or(ev);
@@ -300,10 +303,6 @@ impl<'a> LocalAnswer<'a> {
         }
         Ok(out)
     }
-}
-
-fn order_key(e: &EncodedEvent) -> Key {
-    key(e.created_at(), *e.id())
 }
 
 fn position(e: &EncodedEvent) -> Position {

@@ -113,8 +113,18 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// What goes around an event's JSON in an EVENT frame of subscription `sub`: one definition
+/// for stored answers (rendered by the source) and live events.
+fn event_framing(sub: &str) -> Framing {
+    Framing {
+        prefix: format!("[\"EVENT\",{},", json_str(sub)),
+        suffix: "]",
+    }
+}
+
 fn event_frame(sub: &str, ev: &crate::protocol::Event) -> String {
-    format!("[\"EVENT\",{},{}]", json_str(sub), ev.to_json())
+    let f = event_framing(sub);
+    format!("{}{}{}", f.prefix, ev.to_json(), f.suffix)
 }
 
 fn closed_frame(sub: &str, why: &str) -> String {
@@ -222,21 +232,20 @@ where
     let writer = tokio::spawn(async move {
         // Frames already queued go out in one flush (one write for a page of events instead of
         // one per event), at most WRITE_BATCH bytes at a time.
-        'frames: while let Some(frames) = rx.recv().await {
+        'frames: while let Some(mut frames) = rx.recv().await {
             let mut n = cost(&frames, max);
-            let mut queued = Some(frames);
-            while let Some(frames) = queued.take() {
+            loop {
                 for frame in frames {
                     if sink.feed(Message::text(frame)).await.is_err() {
                         break 'frames;
                     }
                 }
-                if n < WRITE_BATCH {
-                    if let Ok(more) = rx.try_recv() {
-                        n += cost(&more, max);
-                        queued = Some(more);
-                    }
+                if n >= WRITE_BATCH {
+                    break;
                 }
+                let Ok(more) = rx.try_recv() else { break };
+                n += cost(&more, max);
+                frames = more;
             }
             if sink.flush().await.is_err() {
                 break;
@@ -715,11 +724,7 @@ async fn history(
     let mut sent = HashSet::new();
     let started = Instant::now();
     if !q.filters.is_empty() {
-        let framing = Framing {
-            prefix: format!("[\"EVENT\",{},", json_str(&sub)),
-            suffix: "]",
-        };
-        let mut rx = ctx.source.query_json(q, framing, 2);
+        let mut rx = ctx.source.query_json(q, event_framing(&sub), 2);
         while let Some(item) = rx.recv().await {
             match item {
                 Ok(batch) => {
