@@ -13,7 +13,7 @@ use super::{
 };
 use crate::protocol::event::{decode_hex, EncodedEvent};
 use crate::protocol::{Event, Filter};
-use crate::store::events::index::{IndexScan, Prefix};
+use crate::store::events::index::{IndexScan, Prefix, VersionProbe};
 use crate::store::EventStore;
 
 /// Author x kind pairs up to which a filter with both scans the (author, kind) index; above,
@@ -61,6 +61,8 @@ struct FilterRun<'a> {
     all_versions: bool,
     /// Latest version per replaceable/addressable key, as found during this query.
     latest: HashMap<Vec<u8>, Option<[u8; 32]>>,
+    /// Asks the index for the latest versions the map does not hold yet.
+    probe: VersionProbe<'a>,
     /// Bodies fetched ahead of the heap ([`FilterRun::body`]).
     bodies: HashMap<[u8; 32], Option<EncodedEvent>>,
 }
@@ -142,6 +144,7 @@ impl<'a> FilterRun<'a> {
             last: None,
             all_versions,
             latest: HashMap::new(),
+            probe: store.version_probe(),
             bodies: HashMap::new(),
         };
         if run.remaining > 0 {
@@ -193,7 +196,7 @@ impl<'a> FilterRun<'a> {
         let latest = match self.latest.get(&prefix) {
             Some(l) => *l,
             None => {
-                let l = self.store.latest_version(&prefix)?;
+                let l = self.probe.latest(&prefix)?;
                 if self.latest.len() >= MAX_LATEST_CACHED {
                     self.latest.clear();
                 }

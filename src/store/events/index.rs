@@ -336,6 +336,46 @@ impl<'a> IndexScan<'a> {
     }
 }
 
+/// Finds the latest version of replaceable and addressable keys with one RocksDB iterator,
+/// made at the first question and re-seeked for the next ones: making an iterator (a merging
+/// iterator over every memtable and level) costs several times a seek, and a time scan over
+/// profiles and lists asks once per key. The iterator reads the store as it was when made, as
+/// the scans of the same query do.
+pub struct VersionProbe<'a> {
+    store: &'a EventStore,
+    it: Option<rocksdb::DBRawIteratorWithThreadMode<'a, rocksdb::DB>>,
+}
+
+impl VersionProbe<'_> {
+    /// The newest version indexed under `prefix` ([`Prefix::versions`]): the latest
+    /// `created_at`, and at it the lowest id (NIP-01).
+    pub fn latest(&mut self, prefix: &[u8]) -> Result<Option<[u8; 32]>, StoreError> {
+        let store = self.store;
+        let it = self
+            .it
+            .get_or_insert_with(|| store.db.raw_iterator_cf(store.cf(CF_INDEX)));
+        let mut seek = Vec::with_capacity(prefix.len() + 40);
+        seek.extend_from_slice(prefix);
+        seek.extend_from_slice(&[0xff; 40]);
+        it.seek_for_prev(&seek);
+        // Walking back through the newest second: the last id read there is its lowest.
+        let mut found: Option<(u64, [u8; 32])> = None;
+        while let Some(key) = it.key().filter(|k| k.starts_with(prefix)) {
+            let Some((ts, id)) = split_tail(key, prefix.len()) else {
+                it.prev();
+                continue;
+            };
+            if found.is_some_and(|(at, _)| at != ts) {
+                break;
+            }
+            found = Some((ts, id));
+            it.prev();
+        }
+        it.status()?;
+        Ok(found.map(|(_, id)| id))
+    }
+}
+
 impl EventStore {
     /// Scan one index prefix (`None`: the `by_time` index of every event) over
     /// `since..=until`, newest first; `after` resumes behind a keyset cursor.
@@ -371,8 +411,15 @@ impl EventStore {
     /// The newest version of the replaceable or addressable event indexed under `prefix`
     /// ([`Prefix::versions`]): the latest `created_at`, and at it the lowest id (NIP-01).
     pub fn latest_version(&self, prefix: &[u8]) -> Result<Option<[u8; 32]>, StoreError> {
-        let mut scan = self.index_scan(Some(prefix.to_vec()), 0, u64::MAX, None);
-        Ok(scan.next_entry()?.map(|(_, id)| id))
+        self.version_probe().latest(prefix)
+    }
+
+    /// A [`VersionProbe`]: for a reader that asks [`EventStore::latest_version`] many times.
+    pub fn version_probe(&self) -> VersionProbe<'_> {
+        VersionProbe {
+            store: self,
+            it: None,
+        }
     }
 
     /// True unless `ev` is a replaceable or addressable event with a newer version stored.
@@ -630,6 +677,43 @@ mod tests {
         assert!(store.is_latest(&addr_a).unwrap());
         assert!(store.is_latest(&addr_b_old).unwrap());
         assert!(store.is_latest(&note).unwrap());
+
+        // One probe asked about many keys, in any order, gives each key's own answer: an
+        // absent key next to present ones, a key asked again, keys before and after it.
+        let mut probe = store.version_probe();
+        let key = |e: &Event| Prefix::versions(e).unwrap();
+        let absent = Prefix::author_kind(&[9; 32], 10_002);
+        let missing_d = Prefix::address(&[9; 32], 30023, "c");
+        for p in [
+            key(&addr_b_old),
+            absent.clone(),
+            key(&older),
+            key(&addr_a),
+            missing_d.clone(),
+            key(&older),
+            key(&addr_b_old),
+        ] {
+            let want = if p == key(&older) {
+                Some(newer_low.id)
+            } else if p == key(&addr_a) {
+                Some(addr_a.id)
+            } else if p == key(&addr_b_old) {
+                Some(addr_b_old.id)
+            } else {
+                None
+            };
+            assert_eq!(probe.latest(&p).unwrap(), want, "{}", hex::encode(&p));
+        }
+        // It reads the store as it was when made, like the scans of the same query.
+        let newest = ev(7, 201, 0, &[]);
+        store
+            .write_page(1, 2, &[newest.clone()], &[false], None)
+            .unwrap();
+        assert_eq!(probe.latest(&key(&older)).unwrap(), Some(newer_low.id));
+        assert_eq!(
+            store.version_probe().latest(&key(&older)).unwrap(),
+            Some(newest.id)
+        );
     }
 
     #[test]
