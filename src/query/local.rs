@@ -78,7 +78,12 @@ impl<'a> FilterRun<'a> {
         let until = f.until.unwrap_or(u64::MAX);
         let after_pair = after.map(|p| (p.created_at, p.id));
         let scan = |prefix: Option<Vec<u8>>| {
-            Head::Scan(Box::new(store.index_scan(prefix, since, until, after_pair)))
+            let s = store.index_scan(prefix, since, until, after_pair);
+            Head::Scan(Box::new(if all_versions {
+                s
+            } else {
+                s.without_superseded()
+            }))
         };
         let hexes = |v: &[String]| -> Vec<[u8; 32]> {
             let mut out: Vec<[u8; 32]> = v.iter().filter_map(|s| decode_hex::<32>(s)).collect();

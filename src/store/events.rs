@@ -20,7 +20,7 @@
 //! - `events`:     id(32)                     -> `Event::encode()` (tag 1), or tag 2 + sig(64)
 //!   once evicted after shipping
 //! - `seen`:       id(32) relay(u32)          -> first seen, unix seconds (u64)
-//! - `by_time`:    created_at(u64) id(32)     -> ()
+//! - `by_time`:    created_at(u64) id(32)     -> () or `index::SUPERSEDED` (an older version)
 //! - `ingest`:     seq(u64)                   -> id(32)       (Finder reads it by watermark)
 //! - `spool`:      seq(u64)                   -> tag(1) id(32) relay(u32) seen_at(u64)
 //! - `meta`:       name                       -> u64 counters
@@ -515,6 +515,12 @@ impl EventStore {
         let mut times: Vec<[u8; 40]> = Vec::new();
         let mut seen: Vec<[u8; 36]> = Vec::new();
         let mut index_keys = index::PageKeys::default();
+        // Replaceable and addressable versions: the latest per key so far (stored, then this
+        // page), and the `by_time` keys of the versions a newer one supersedes.
+        let mut probe = None;
+        let mut page_latest: std::collections::HashMap<Vec<u8>, (u64, [u8; 32])> =
+            std::collections::HashMap::new();
+        let mut superseded: Vec<[u8; 40]> = Vec::new();
         for (i, ev) in events.iter().enumerate() {
             let was_known = known.get(i).copied().unwrap_or(false);
             let mut seen_key = [0u8; 36];
@@ -526,10 +532,33 @@ impl EventStore {
             if is_new {
                 in_batch.insert(ev.id);
                 bodies.push((ev.id, ev.encode()));
-                let mut tkey = [0u8; 40];
-                tkey[..8].copy_from_slice(&ev.created_at.to_be_bytes());
-                tkey[8..].copy_from_slice(&ev.id);
+                let tkey = time_key(ev.created_at, &ev.id);
                 times.push(tkey);
+                if let Some(p) = index::Prefix::versions(ev) {
+                    let current = match page_latest.get(&p) {
+                        Some(c) => Some(*c),
+                        None => probe
+                            .get_or_insert_with(|| self.version_probe())
+                            .latest_at(&p)?,
+                    };
+                    let new = (ev.created_at, ev.id);
+                    match current {
+                        // NIP-01: the latest created_at, then the lowest id.
+                        Some(c)
+                            if (c.0, std::cmp::Reverse(c.1))
+                                > (new.0, std::cmp::Reverse(new.1)) =>
+                        {
+                            superseded.push(tkey)
+                        }
+                        Some(c) => {
+                            superseded.push(time_key(c.0, &c.1));
+                            page_latest.insert(p, new);
+                        }
+                        None => {
+                            page_latest.insert(p, new);
+                        }
+                    }
+                }
                 index_keys.add(ev);
                 tally.add(ev, 1);
                 batch.put_cf(self.cf(CF_INGEST), ingest.to_be_bytes(), ev.id);
@@ -562,6 +591,11 @@ impl EventStore {
         times.sort_unstable();
         for k in &times {
             batch.put_cf(cf_time, k, []);
+        }
+        // After the page's own time keys: a version this page wrote and superseded is marked.
+        superseded.sort_unstable();
+        for k in &superseded {
+            batch.put_cf(cf_time, k, index::SUPERSEDED);
         }
         seen.sort_unstable();
         let at = seen_at.to_be_bytes();
@@ -1000,9 +1034,7 @@ impl EventStore {
             let mut kept = [0u8; 65];
             kept[0] = EVICTED_TAG;
             kept[1..].copy_from_slice(sig);
-            let mut tkey = [0u8; 40];
-            tkey[..8].copy_from_slice(&created_at.to_be_bytes());
-            tkey[8..].copy_from_slice(&id);
+            let tkey = time_key(created_at, &id);
             batch.put_cf(self.cf(CF_EVENTS), id, kept);
             batch.delete_cf(self.cf(CF_BY_TIME), tkey);
             if let Some(ev) = Event::decode(id, &raw) {
@@ -1102,6 +1134,14 @@ fn shipped_key(rec: &[u8]) -> Option<[u8; 40]> {
     key[..8].copy_from_slice(&rec[37..45]);
     key[8..].copy_from_slice(&rec[1..33]);
     Some(key)
+}
+
+/// The `by_time` key: created_at (u64 BE) + id.
+fn time_key(created_at: u64, id: &[u8; 32]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&created_at.to_be_bytes());
+    k[8..].copy_from_slice(id);
+    k
 }
 
 fn split_time_key(k: &[u8]) -> Option<(u64, [u8; 32])> {

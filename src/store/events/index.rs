@@ -44,6 +44,11 @@ const P_AUTHOR_KIND: u8 = b'c';
 const P_TAG: u8 = b't';
 const P_ADDRESS: u8 = b'd';
 
+/// The `by_time` value of a replaceable or addressable version that a newer stored version
+/// superseded (set in the same write as the newer one, never cleared: versions are only ever
+/// added). The time scan skips these without reading their bodies. Other entries are empty.
+pub(super) const SUPERSEDED: &[u8] = &[1];
+
 /// Longest tag value kept verbatim in a key; longer ones are hashed.
 const MAX_RAW_VALUE: usize = 200;
 
@@ -267,11 +272,21 @@ pub struct IndexScan<'a> {
     second: Vec<[u8; 32]>,
     second_at: u64,
     done: bool,
+    /// Skip `by_time` entries marked superseded ([`SUPERSEDED`]).
+    skip_superseded: bool,
     /// Keys read from RocksDB so far (what a time budget is charged for).
     pub read: u64,
 }
 
 impl<'a> IndexScan<'a> {
+    /// Leave out the versions of replaceable and addressable events that a newer stored
+    /// version superseded when it was written (only the `by_time` scan knows them; every
+    /// answer still checks the latest version of what it returns).
+    pub fn without_superseded(mut self) -> Self {
+        self.skip_superseded = self.prefix.is_empty();
+        self
+    }
+
     /// Ids of the current second not returned yet, the next one last: what a reader can fetch
     /// ahead in one batch.
     pub fn pending(&self) -> &[[u8; 32]] {
@@ -322,7 +337,8 @@ impl<'a> IndexScan<'a> {
                 Some(a) if a != ts => break,
                 _ => {}
             }
-            let skipped = self.after.is_some_and(|(c, cid)| ts == c && id <= cid);
+            let skipped = self.after.is_some_and(|(c, cid)| ts == c && id <= cid)
+                || (self.skip_superseded && self.it.value() == Some(SUPERSEDED));
             if !skipped {
                 self.second.push(id);
             }
@@ -350,6 +366,11 @@ impl VersionProbe<'_> {
     /// The newest version indexed under `prefix` ([`Prefix::versions`]): the latest
     /// `created_at`, and at it the lowest id (NIP-01).
     pub fn latest(&mut self, prefix: &[u8]) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self.latest_at(prefix)?.map(|(_, id)| id))
+    }
+
+    /// [`VersionProbe::latest`] with its `created_at`.
+    pub fn latest_at(&mut self, prefix: &[u8]) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let store = self.store;
         let it = self
             .it
@@ -372,7 +393,7 @@ impl VersionProbe<'_> {
             it.prev();
         }
         it.status()?;
-        Ok(found.map(|(_, id)| id))
+        Ok(found)
     }
 }
 
@@ -403,6 +424,7 @@ impl EventStore {
             after,
             second: Vec::new(),
             second_at: 0,
+            skip_superseded: false,
             done: since > until,
             read: 0,
         }
@@ -449,9 +471,22 @@ impl EventStore {
         for_each_key(ev, |key| batch.put_cf(cf, key, []));
     }
 
+    /// Remove an evicted event's index entries, except where it is indexed as a version
+    /// ([`Prefix::versions`]): that entry stays, so the latest version of its key is still
+    /// the evicted one (served by the archive upstream), never an older version that it had
+    /// superseded (which the `by_time` scan skips for good).
     pub(super) fn delete_index(&self, batch: &mut WriteBatch, ev: &Event) {
         let cf = self.cf(CF_INDEX);
-        for_each_key(ev, |key| batch.delete_cf(cf, key));
+        let keep = Prefix::versions(ev).map(|mut p| {
+            p.extend_from_slice(&ev.created_at.to_be_bytes());
+            p.extend_from_slice(&ev.id);
+            p
+        });
+        for_each_key(ev, |key| {
+            if keep.as_deref() != Some(key) {
+                batch.delete_cf(cf, key)
+            }
+        });
     }
 
     /// Are the query indexes complete for every stored event?
@@ -789,5 +824,69 @@ mod tests {
         assert!(scan_all(&store, Prefix::kind(1)).is_empty());
         assert!(scan_all(&store, Prefix::tag(b'e', &"cd".repeat(32))).is_empty());
         assert!(scan_all(&store, Prefix::author(&[9; 32])).is_empty());
+    }
+
+    /// Ids a `by_time` scan yields, newest first.
+    fn time_scan(store: &EventStore, skip: bool) -> Vec<u8> {
+        let s = store.index_scan(None, 0, u64::MAX, None);
+        let mut s = if skip { s.without_superseded() } else { s };
+        let mut out = Vec::new();
+        while let Some((_, id)) = s.next_entry().unwrap() {
+            out.push(id[0]);
+        }
+        out
+    }
+
+    #[test]
+    fn a_newer_version_marks_the_older_superseded_whatever_the_order_they_arrive_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(
+            dir.path(),
+            &EventStoreOptions {
+                spool: true,
+                track_shipped: true,
+                ..EventStoreOptions::default()
+            },
+        )
+        .unwrap();
+        // Kind 0 of one author: 1 stored first; then 3, 2 and 4 in one page, 4 tying with 3
+        // in its second (the lower id, 3, is the latest); then an older one, 5, alone.
+        store
+            .write_page(1, 1, &[ev(1, 100, 0, &[])], &[false], None)
+            .unwrap();
+        let page = [ev(3, 300, 0, &[]), ev(2, 200, 0, &[]), ev(4, 300, 0, &[])];
+        store.write_page(1, 2, &page, &[false; 3], None).unwrap();
+        store
+            .write_page(1, 3, &[ev(5, 50, 0, &[])], &[false], None)
+            .unwrap();
+        // Addressable versions per d tag, and a note: none superseded.
+        let others = [
+            ev(6, 10, 30023, &[("d", "a")]),
+            ev(7, 20, 30023, &[("d", "b")]),
+            ev(8, 5, 1, &[]),
+            ev(9, 30, 30023, &[("d", "a")]),
+        ];
+        store.write_page(1, 4, &others, &[false; 4], None).unwrap();
+        assert_eq!(time_scan(&store, false), vec![3, 4, 2, 1, 5, 9, 7, 6, 8]);
+        assert_eq!(time_scan(&store, true), vec![3, 9, 7, 8]);
+
+        // Evicting the latest version keeps it the latest: the older ones stay unserved on
+        // every path (the time scan skips them, the others ask for the latest version).
+        let through = store.spool_peek(100).unwrap().last().unwrap().0;
+        store.spool_ack(through).unwrap();
+        let mut evicted = 0;
+        // Retention goes oldest-acked first; evict everything, then look at kind 0's key.
+        while let (n @ 1.., _) = store.evict_shipped(u64::MAX, 100).unwrap() {
+            evicted += n;
+        }
+        assert_eq!(evicted, 9);
+        assert_eq!(
+            store
+                .latest_version(&Prefix::author_kind(&[9; 32], 0))
+                .unwrap(),
+            Some([3; 32])
+        );
+        assert!(time_scan(&store, true).is_empty());
+        assert!(scan_all(&store, Prefix::kind(0)).is_empty());
     }
 }
