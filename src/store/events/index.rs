@@ -742,7 +742,7 @@ mod tests {
         // It reads the store as it was when made, like the scans of the same query.
         let newest = ev(7, 201, 0, &[]);
         store
-            .write_page(1, 2, &[newest.clone()], &[false], None)
+            .write_page(1, 2, std::slice::from_ref(&newest), &[false], None)
             .unwrap();
         assert_eq!(probe.latest(&key(&older)).unwrap(), Some(newer_low.id));
         assert_eq!(
