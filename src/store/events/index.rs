@@ -605,6 +605,16 @@ mod tests {
         EventStore::open(dir, &EventStoreOptions::default()).unwrap()
     }
 
+    /// A store that spools and tracks shipped events (what retention evicts from).
+    fn open_shipping(dir: &std::path::Path) -> EventStore {
+        let opts = EventStoreOptions {
+            spool: true,
+            track_shipped: true,
+            ..EventStoreOptions::default()
+        };
+        EventStore::open(dir, &opts).unwrap()
+    }
+
     fn scan_all(store: &EventStore, prefix: Vec<u8>) -> Vec<(u64, [u8; 32])> {
         let mut s = store.index_scan(Some(prefix), 0, u64::MAX, None);
         let mut out = Vec::new();
@@ -804,15 +814,7 @@ mod tests {
     #[test]
     fn eviction_removes_the_index_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EventStore::open(
-            dir.path(),
-            &EventStoreOptions {
-                spool: true,
-                track_shipped: true,
-                ..EventStoreOptions::default()
-            },
-        )
-        .unwrap();
+        let store = open_shipping(dir.path());
         let evs = [ev(1, 10, 1, &[("e", &"cd".repeat(32))]), ev(2, 11, 1, &[])];
         store.write_page(1, 5, &evs, &[false; 2], None).unwrap();
         assert_eq!(store.event_stats(0, 0).unwrap().kinds, vec![(1, 2)]);
@@ -840,15 +842,7 @@ mod tests {
     #[test]
     fn a_newer_version_marks_the_older_superseded_whatever_the_order_they_arrive_in() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EventStore::open(
-            dir.path(),
-            &EventStoreOptions {
-                spool: true,
-                track_shipped: true,
-                ..EventStoreOptions::default()
-            },
-        )
-        .unwrap();
+        let store = open_shipping(dir.path());
         // Kind 0 of one author: 1 stored first; then 3, 2 and 4 in one page, 4 tying with 3
         // in its second (the lower id, 3, is the latest); then an older one, 5, alone.
         store
